@@ -1,0 +1,46 @@
+# Two commands on a fresh machine with only python3 and make:
+#   make run    -- the main job on the embedded default config
+#   make test   -- lint + the test suite (everything but @slow)
+# Each creates .venv when missing and (re)installs the project when setup.cfg changes.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+WORKDIR ?= workdir/tiny
+
+.PHONY: run test test-all lint format bench clean
+
+$(PY):
+	@echo ">> creating $(VENV) with $(PYTHON)"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): setup.cfg pyproject.toml | $(PY)
+	@echo ">> installing lcm and its dev extras into $(VENV)"
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	@echo ">> main job: validate configs/base.py, build the device mesh, run a tiny attention check"
+	$(PY) -m lcm.main --config configs/base.py
+
+lint: $(STAMP)
+	@echo ">> ruff check + ruff format --check"
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: lint
+	@echo ">> pytest (all but @slow)"
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: lint
+	@echo ">> pytest (everything, including @slow)"
+	$(PY) -m pytest -q
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,110 @@
+r"""Every default of lcm, one comment per field. Experiment configs import it, change what differs.
+
+Run the main job on it:
+
+    python -m lcm.main --config configs/base.py
+    python -m lcm.main --config configs/base.py --config.model.num_layers=4 \
+        --config.mesh.shape="(2,1,4,1)"
+"""
+
+from ml_collections import ConfigDict, FieldReference, config_dict
+
+
+def get_config() -> ConfigDict:
+    config = ConfigDict()
+    # Shared by data (sequence length of training examples) and model/attention checks.
+    seq_len = FieldReference(256)
+
+    config.seed = 0  # master seed: parameter init, data order, dropout
+    config.seq_len = seq_len  # training sequence length in tokens
+
+    # ---- model: decoder-only transformer -------------------------------------------------
+    config.model = ConfigDict()
+    config.model.vocab_size = 256  # byte-level tokenizer by default
+    config.model.d_model = 128  # [D] residual width
+    config.model.num_layers = 2  # [L] transformer blocks
+    config.model.num_heads = 4  # [N] query heads
+    config.model.num_kv_heads = 2  # [K] key/value heads (GQA); must divide num_heads
+    config.model.head_dim = 32  # [H] per-head width; even, for RoPE pairs
+    config.model.mlp_dim = 512  # [F] SwiGLU hidden width
+    config.model.tie_embeddings = True  # share input embedding and output projection
+    config.model.qk_norm = False  # RMSNorm on q and k before attention
+    config.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+    config.model.param_dtype = "float32"  # parameter dtype: float32 | bfloat16
+    config.model.scan_layers = True  # nn.scan over layers (fast compiles)
+    config.model.remat_policy = "none"  # none | full | dots_saveable | ...
+
+    # Positional scheme: a registered name plus flat fields (lcm.positional).
+    config.model.positional = ConfigDict()
+    config.model.positional.name = "rope"  # registered scheme name (lcm.positional.POSITIONAL)
+    config.model.positional.base = 10_000.0  # RoPE base theta (ABF = a larger base)
+    config.model.positional.layout = "half"  # RoPE pairing: half (Llama/NeoX) | interleaved (GPT-J)
+    config.model.positional.partial_rotary_factor = 1.0  # fraction of head_dim that is rotated
+    # Hugging Face style rope_scaling; unset (None) fields take the HF defaults of the rope_type.
+    config.model.positional.rope_scaling = ConfigDict()
+    rs = config.model.positional.rope_scaling
+    rs.rope_type = "default"  # default | linear | ntk | dynamic | yarn | llama3 | longrope | ...
+    rs.factor = 1.0  # context extension factor
+    rs.original_max_position_embeddings = config_dict.placeholder(int)  # pretraining length
+    rs.beta_fast = config_dict.placeholder(float)  # YaRN ramp, fast end (HF default 32)
+    rs.beta_slow = config_dict.placeholder(float)  # YaRN ramp, slow end (HF default 1)
+    rs.mscale = config_dict.placeholder(float)  # YaRN mscale (DeepSeek style)
+    rs.mscale_all_dim = config_dict.placeholder(float)  # YaRN mscale_all_dim (DeepSeek style)
+    rs.attention_factor = config_dict.placeholder(float)  # multiplies cos/sin; None = derived
+    rs.truncate = config_dict.placeholder(bool)  # YaRN: floor/ceil the ramp bounds (HF default)
+    rs.low_freq_factor = config_dict.placeholder(float)  # Llama-3 (HF: 1.0)
+    rs.high_freq_factor = config_dict.placeholder(float)  # Llama-3 (HF: 4.0)
+    rs.short_factor = config_dict.placeholder(tuple)  # LongRoPE per-frequency factors, short
+    rs.long_factor = config_dict.placeholder(tuple)  # LongRoPE per-frequency factors, long
+
+    # Attention: a registered implementation plus its options (lcm.attention).
+    config.model.attention = ConfigDict()
+    config.model.attention.impl = "blockwise"  # reference | xla | blockwise | ring | pallas
+    config.model.attention.mask = "causal"  # causal | sliding_window | chunked_causal | full
+    config.model.attention.window = 0  # sliding window (left) size; 0 = unused
+    config.model.attention.block_q = 128  # query tile length (blockwise / pallas)
+    config.model.attention.block_kv = 128  # key/value tile length (blockwise / pallas)
+
+    # ---- data ----------------------------------------------------------------------------
+    config.data = ConfigDict()
+    config.data.seq_len = seq_len  # tokens per training example (same reference as above)
+    config.data.batch_size = 8  # global batch size in sequences
+    config.data.corpus = "stdlib"  # stdlib (Python standard library sources) | text | jsonl
+    config.data.path = config_dict.placeholder(str)  # file or directory for text / jsonl
+    config.data.tokenizer = "byte"  # byte (embedded default) or a tokenizer file path
+
+    # ---- training ------------------------------------------------------------------------
+    config.train = ConfigDict()
+    config.train.steps = 200  # optimizer steps
+    config.train.learning_rate = 3e-3  # peak learning rate
+    config.train.warmup_steps = 20  # linear warmup steps
+    config.train.weight_decay = 0.1  # AdamW decoupled weight decay
+    config.train.grad_clip = 1.0  # global-norm gradient clipping; 0 = off
+    config.train.log_every = 10  # steps between progress lines
+    config.train.checkpoint_every = 100  # steps between checkpoints
+
+    # ---- evaluation ----------------------------------------------------------------------
+    config.eval = ConfigDict()
+    config.eval.lengths = (128, 256, 512, 1024)  # evaluation lengths in tokens
+    config.eval.protocol = "truncate"  # perplexity protocol: truncate | sliding
+    config.eval.num_documents = 8  # held-out documents per length
+
+    # ---- device mesh (lcm.parallel) ------------------------------------------------------
+    config.mesh = ConfigDict()
+    config.mesh.axes = ("data", "fsdp", "context", "tensor")  # mesh axis names, fixed order
+    config.mesh.shape = (-1, 1, 1, 1)  # size per axis; one -1 takes the remaining devices
+    config.mesh.axis_types = "auto"  # auto (SPMD propagation) | explicit (sharding in types)
+    # Logical axis -> mesh axes (lcm.parallel.sharding).
+    config.mesh.rules = (
+        ("batch", ("data", "fsdp")),
+        ("length", "context"),
+        ("kv_length", "context"),
+        ("embed", "fsdp"),
+        ("heads", "tensor"),
+        ("kv_heads", "tensor"),
+        ("mlp", "tensor"),
+        ("vocab", "tensor"),
+        ("head_dim", None),
+        ("layers", None),
+    )
+    return config

@@ -1,0 +1,156 @@
+"""Config validation: every bad value fails before work starts, naming the key and what is allowed.
+
+The expected messages are spelled out in full so a regression in wording or content fails here.
+"""
+
+import pathlib
+
+import pytest
+from ml_collections import ConfigDict
+
+from lcm import config as config_lib
+
+CONFIG_DIR = pathlib.Path(config_lib.REPO_ROOT, "configs")
+
+
+def _base(**overrides):
+    config = config_lib.base_config()
+    config.unlock()
+    for key, value in overrides.items():
+        *parents, leaf = key.split("__")
+        node = config
+        for part in parents:
+            node = node[part]
+        # Bypass ConfigDict's own type-safety so the validator sees the bad type itself.
+        node._fields[leaf] = value
+    return config
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("**/*.py")), ids=lambda p: p.name)
+def test_every_config_validates(path):
+    config_lib.validate(config_lib.load_config(str(path)), num_devices=8)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            {"model__num_heads": 6, "model__num_kv_heads": 4},
+            "config.model.num_heads = 6: must be a multiple of model.num_kv_heads = 4",
+        ),
+        ({"model__d_model": 0}, "config.model.d_model = 0: must be a positive integer"),
+        ({"model__num_layers": -2}, "config.model.num_layers = -2: must be a positive integer"),
+        ({"model__head_dim": 33}, "config.model.head_dim = 33: must be even"),
+        (
+            {"model__dtype": "float16"},
+            "config.model.dtype = 'float16': allowed: 'float32', 'bfloat16'",
+        ),
+        (
+            {"model__positional__layout": "neox"},
+            "config.model.positional.layout = 'neox': allowed: 'half', 'interleaved'",
+        ),
+        (
+            {"model__positional__partial_rotary_factor": 1.5},
+            "config.model.positional.partial_rotary_factor = 1.5: must be in (0, 1]",
+        ),
+        (
+            {"model__positional__base": -1.0},
+            "config.model.positional.base = -1.0: must be a number > 0",
+        ),
+        (
+            {"model__attention__mask": "diagonal"},
+            "config.model.attention.mask = 'diagonal': allowed: 'causal', 'sliding_window'",
+        ),
+        (
+            {"model__attention__mask": "sliding_window"},
+            "config.model.attention.window = 0: must be > 0 when model.attention.mask",
+        ),
+        (
+            {"seq_len": 200},
+            "config.seq_len = 200: must be a multiple of model.attention.block_q = 128 for "
+            "model.attention.impl = 'blockwise'",
+        ),
+        ({"data__batch_size": 0}, "config.data.batch_size = 0: must be a positive integer"),
+        ({"data__corpus": "web"}, "config.data.corpus = 'web': allowed: 'stdlib', 'text', 'jsonl'"),
+        (
+            {"data__corpus": "jsonl"},
+            "config.data.path = None: is required when data.corpus is text or jsonl",
+        ),
+        ({"train__learning_rate": 0.0}, "config.train.learning_rate = 0.0: must be a number > 0"),
+        ({"train__steps": 1.5}, "config.train.steps = 1.5: must be of type int"),
+        ({"eval__lengths": ()}, "config.eval.lengths = (): must be a non-empty tuple"),
+        ({"eval__protocol": "rolling"}, "config.eval.protocol = 'rolling': allowed: 'truncate'"),
+        ({"model__vocab_size": "256"}, "config.model.vocab_size = '256': must be of type int"),
+        ({"model__qk_norm": 1}, "config.model.qk_norm = 1: must be of type bool"),
+        ({"mesh__shape": (3, 1, 1, 1)}, "config.mesh.shape = (3, 1, 1, 1): product 3 != 8 devices"),
+        (
+            {"mesh__axes": ("data", "fsdp", "ctx", "tensor")},
+            "config.mesh.axes = ('data', 'fsdp', 'ctx', 'tensor'): unknown axis name(s) ['ctx']; "
+            "allowed: data, fsdp, context, tensor",
+        ),
+        (
+            {"mesh__axis_types": "manual"},
+            "config.mesh.axis_types = 'manual'; allowed: 'auto', 'explicit'",
+        ),
+        (
+            {"mesh__shape": (1, 1, 8, 1), "seq_len": 1},
+            "config.seq_len = 1: must be a multiple of the mesh context size 8",
+        ),
+        (
+            {"mesh__shape": (1, 1, 1, 8)},
+            "config.model.num_kv_heads = 2: must be a multiple of the mesh tensor size 8",
+        ),
+        (
+            {"data__batch_size": 4, "mesh__shape": (8, 1, 1, 1)},
+            "config.data.batch_size = 4: must be a multiple of mesh data*fsdp = 8",
+        ),
+    ],
+)
+def test_bad_values_name_key_and_allowed(overrides, message):
+    with pytest.raises(ValueError) as err:
+        config_lib.validate(_base(**overrides), num_devices=8)
+    assert message in str(err.value)
+
+
+def test_unknown_and_missing_keys():
+    config = _base()
+    config.model.num_head = 4  # typo of num_heads
+    del config.train["warmup_steps"]
+    with pytest.raises(ValueError) as err:
+        config_lib.validate(config)
+    text = str(err.value)
+    assert "config.model.num_head = 4: unknown key; allowed keys here: attention, d_model" in text
+    assert "config.train.warmup_steps is missing (configs/base.py defines it)" in text
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ValueError) as err:
+        config_lib.validate(_base(model__d_model=0, train__steps=0, eval__num_documents=-1))
+    lines = str(err.value).splitlines()[1:]
+    assert [line.split(" = ")[0].strip() for line in lines] == [
+        "config.model.d_model",
+        "config.train.steps",
+        "config.eval.num_documents",
+    ]
+
+
+def test_locked_config_rejects_typo_and_load_config_arg(tmp_path):
+    config = config_lib.base_config()
+    with pytest.raises(AttributeError):
+        config.model.num_head = 3
+    spec = tmp_path / "exp.py"
+    spec.write_text(
+        "from ml_collections import ConfigDict\n"
+        "def get_config(arg=None):\n"
+        "    return ConfigDict({'arg': arg})\n"
+    )
+    assert config_lib.load_config(f"{spec}:long").arg == "long"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        config_lib.load_config(str(tmp_path / "missing.py"))
+
+
+def test_base_config_is_valid_and_typed():
+    config = config_lib.base_config()
+    assert isinstance(config, ConfigDict)
+    config_lib.validate(config, num_devices=1)
+    assert config.data.seq_len == config.seq_len  # one shared reference
