@@ -22,7 +22,7 @@ $(STAMP): setup.cfg pyproject.toml | $(PY)
 	@touch $(STAMP)
 
 run: $(STAMP)
-	@echo ">> main job: validate configs/base.py, build the device mesh, run a tiny attention check"
+	@echo ">> main job: validate configs/base.py, build the device mesh, run a sharded computation checked against numpy"
 	$(PY) -m lcm.main --config configs/base.py
 
 lint: $(STAMP)
