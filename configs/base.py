@@ -15,7 +15,6 @@ def get_config() -> ConfigDict:
     # Shared by data (sequence length of training examples) and model/attention checks.
     seq_len = FieldReference(256)
 
-    config.seed = 0  # master seed: parameter init, data order, dropout
     config.seq_len = seq_len  # training sequence length in tokens
 
     # ---- model: decoder-only transformer -------------------------------------------------
@@ -75,7 +74,8 @@ def get_config() -> ConfigDict:
 
     # ---- training ------------------------------------------------------------------------
     config.train = ConfigDict()
-    config.train.steps = 200  # optimizer steps
+    config.train.seed = 0  # master seed: parameter init, data order, dropout
+    config.train.num_steps = 200  # optimizer steps
     config.train.learning_rate = 3e-3  # peak learning rate
     config.train.warmup_steps = 20  # linear warmup steps
     config.train.weight_decay = 0.1  # AdamW decoupled weight decay

@@ -210,11 +210,11 @@ def _check_model(c: _Checker) -> None:
 
 
 def _check_data_train_eval(c: _Checker) -> None:
-    c.check("seed", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
+    c.check("train.seed", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
     c.positive_int("seq_len", "data.batch_size")
     if c.one_of("data.corpus", CORPORA) and c.get("data.corpus") in ("text", "jsonl"):
         c.check("data.path", lambda v: bool(v), "is required when data.corpus is text or jsonl")
-    c.positive_int("train.steps", "train.log_every", "train.checkpoint_every")
+    c.positive_int("train.num_steps", "train.log_every", "train.checkpoint_every")
     c.positive("train.learning_rate")
     c.check(
         "train.warmup_steps", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0"

@@ -31,10 +31,10 @@ def run(config) -> float:
     print(f"mesh: {mesh_lib.describe(mesh)}", flush=True)
     rules = sharding.validate_rules(config.mesh.rules, config.mesh.axes)
     batch, length, width = config.data.batch_size, config.seq_len, config.model.d_model
-    tokens = np.random.default_rng(config.seed).integers(
+    tokens = np.random.default_rng(config.train.seed).integers(
         0, config.model.vocab_size, (batch, length)
     )
-    table = np.random.default_rng(config.seed + 1).standard_normal(
+    table = np.random.default_rng(config.train.seed + 1).standard_normal(
         (config.model.vocab_size, width), dtype=np.float32
     )
 

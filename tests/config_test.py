@@ -77,7 +77,7 @@ def test_every_config_validates(path):
             "config.data.path = None: is required when data.corpus is text or jsonl",
         ),
         ({"train__learning_rate": 0.0}, "config.train.learning_rate = 0.0: must be a number > 0"),
-        ({"train__steps": 1.5}, "config.train.steps = 1.5: must be of type int"),
+        ({"train__num_steps": 1.5}, "config.train.num_steps = 1.5: must be of type int"),
         ({"eval__lengths": ()}, "config.eval.lengths = (): must be a non-empty tuple"),
         ({"eval__protocol": "rolling"}, "config.eval.protocol = 'rolling': allowed: 'truncate'"),
         ({"model__vocab_size": "256"}, "config.model.vocab_size = '256': must be of type int"),
@@ -125,11 +125,11 @@ def test_unknown_and_missing_keys():
 
 def test_every_problem_is_reported_at_once():
     with pytest.raises(ValueError) as err:
-        config_lib.validate(_base(model__d_model=0, train__steps=0, eval__num_documents=-1))
+        config_lib.validate(_base(model__d_model=0, train__num_steps=0, eval__num_documents=-1))
     lines = str(err.value).splitlines()[1:]
     assert [line.split(" = ")[0].strip() for line in lines] == [
         "config.model.d_model",
-        "config.train.steps",
+        "config.train.num_steps",
         "config.eval.num_documents",
     ]
 
