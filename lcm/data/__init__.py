@@ -9,8 +9,9 @@ Public API (``config`` is a validated config; see ``config.data`` in ``configs/b
                          # inputs, targets, segment_ids, positions, loss_mask
     state = it.get_state(); it.set_state(state)   # small JSON dict; exact resume
     # orbax: ocp.args.Composite(..., data=grain.checkpoint.CheckpointSave(it)) / CheckpointRestore
-    for batch in data.eval_iterator(): ...        # one pass over the held-out split, same keys;
-                                                  # the last batch is padded with empty rows
+    for batch in data.eval_iterator(): ...        # one pass over the held-out split, same keys
+                                                  # and shapes; padded with empty rows/batches so
+                                                  # every host runs the same number of steps
     docs = data.eval_documents()   # [EvalDocument(name, tokens int32 [n])], whole held-out docs
 
 Batch semantics (``lcm.data.packing``): ``targets`` are the next tokens of ``inputs`` within the

@@ -5,12 +5,15 @@ Steps (``batches``):
 1. **Pieces.** Each document of ``n`` tokens is cut into pieces of at most ``length + 1`` tokens,
    consecutive pieces sharing one token: ``tokens[0 : L+1], tokens[L : 2L+1], ...``. A piece
    ``p`` becomes ``inputs = p[:-1]``, ``targets = p[1:]``, so every input position has its true
-   next token *within the same document* as target, and a long document's text is trained on
-   exactly once per epoch. Documents with fewer than 2 tokens give no piece.
+   next token *within the same document* as target: a document's last token is never followed
+   by the next document's first, and a document's first token is never a target (nothing
+   precedes it). A long document is trained on exactly once per epoch. Documents with fewer
+   than 2 tokens give no piece. Positions never exceed ``length - 1``.
 2. **Per-host shard** of the piece index space: host ``i`` of ``n`` takes pieces ``i, i+n, ...``
    (disjoint, and together covering every piece).
 3. **Order.** Training shuffles the host's pieces with the seed and reshuffles every epoch,
-   endlessly (``MapDataset.shuffle(seed).repeat()``); evaluation reads them once, in order.
+   endlessly (``MapDataset.shuffle(seed).repeat()``); evaluation reads them once, in order, and
+   pads its last batch with empty rows (all features 0, ``positions`` as below).
 4. **Packing** (``packing``) with grain's packers on ``inputs`` and ``targets`` together:
    ``first_fit`` / ``best_fit`` (``grain.experimental.FirstFitPackIterDataset`` /
    ``BestFitPackIterDataset``: whole pieces into ``packing_bins`` rows at a time, padding the
@@ -98,6 +101,13 @@ class _Finalize:
                 np.arange(self._length, dtype=np.int32), (self._rows, self._length)
             ).copy()
         return out
+
+
+def empty_batch(rows: int, length: int, document_masking: bool) -> dict[str, np.ndarray]:
+    """A batch of ``rows`` padding rows (``loss_mask`` all 0), laid out like real batches."""
+    raw = ("inputs", "targets", "inputs_segment_ids", "inputs_positions")
+    finalize = _Finalize(rows=rows, length=length, document_masking=document_masking)
+    return finalize({k: np.zeros((0, length), np.int32) for k in raw})
 
 
 def batches(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import grain
@@ -131,14 +132,20 @@ class Data:
             "eval_tokens": int(self.corpus.lengths[self.eval_ids].sum()),
             "eval_names": [self.corpus.names[i] for i in self.eval_ids],
         }
+        self._eval_steps: int | None = None
         logging.info("data manifest: %s", json.dumps(self.manifest))
         if workdir is not None and self.process_index == 0:
             path = pathlib.Path(workdir)
             path.mkdir(parents=True, exist_ok=True)
             (path / MANIFEST_FILE).write_text(json.dumps(self.manifest, indent=2) + "\n")
 
-    def batches(self, length: int, *, train: bool, seed_offset: int = 0) -> grain.IterDataset:
-        """This host's batches of rows of ``length`` tokens, ``batch_size * seq_len`` tokens."""
+    def batches(
+        self, length: int, *, train: bool, seed_offset: int = 0, host: int | None = None
+    ) -> grain.IterDataset:
+        """Host ``host``'s (default: this host's) share of batches of rows of ``length`` tokens.
+
+        A global batch holds ``batch_size * seq_len`` tokens, ``1 / process_count`` per host.
+        """
         data = self.config.data
         ids = self.train_ids if train else self.eval_ids
         if not len(ids):
@@ -158,7 +165,7 @@ class Data:
             packing_bins=data.packing_bins,
             seed=self.config.train.seed + seed_offset,
             train=train,
-            process_index=self.process_index,
+            process_index=self.process_index if host is None else host,
             process_count=self.process_count,
         )
 
@@ -172,9 +179,30 @@ class Data:
         stages.append((self.config.data.seq_len, None))
         return TrainIterator(self, stages)
 
-    def eval_iterator(self) -> grain.DatasetIterator:
-        """One ordered pass over the held-out documents at ``seq_len``; a fresh one per call."""
-        return iter(self.batches(self.config.data.seq_len, train=False))
+    def eval_iterator(self) -> Iterator[dict[str, np.ndarray]]:
+        """One ordered pass over the held-out documents at ``seq_len``; a fresh one per call.
+
+        Every host yields the same number of batches (the most any host's share packs into),
+        topping its own up with empty ones (``loss_mask`` all 0), so multi-host evaluation
+        steps stay in lockstep. The count is computed once, by packing every host's share.
+        """
+        length = self.config.data.seq_len
+        if self._eval_steps is None:
+            self._eval_steps = max(
+                sum(1 for _ in self.batches(length, train=False, host=h))
+                for h in range(self.process_count)
+            )
+        return self._eval_stream(self.batches(length, train=False), self._eval_steps)
+
+    def _eval_stream(self, batches: grain.IterDataset, steps: int) -> Iterator[dict[str, Any]]:
+        count = 0
+        for batch in batches:
+            count += 1
+            yield batch
+        rows = self.config.data.batch_size // self.process_count
+        length, masking = self.config.data.seq_len, self.config.data.document_masking
+        for _ in range(steps - count):
+            yield packing_lib.empty_batch(rows, length, masking)
 
     def eval_documents(self) -> list[EvalDocument]:
         """Every held-out document, whole, sorted by name."""
@@ -208,7 +236,7 @@ def make_train_iterator(
 
 def make_eval_iterator(
     config: ConfigDict, *, workdir: str | pathlib.Path | None = None
-) -> grain.DatasetIterator:
+) -> Iterator[dict[str, np.ndarray]]:
     """``load_data(config, workdir=workdir).eval_iterator()``."""
     return load_data(config, workdir=workdir).eval_iterator()
 

@@ -163,3 +163,16 @@ def test_stdlib_default_config_split_by_package(tmp_path):
     assert batch["inputs"].shape == (config.data.batch_size, config.seq_len)
     again = data_lib.load_data(config)
     assert not again.corpus.created and again.manifest == m  # cached, same manifest
+
+
+def test_eval_passes_have_equal_length_on_every_host(make_config, text_docs):
+    config = make_config(data__batch_size=3, data__eval_fraction=0.5)
+    hosts = [data_lib.load_data(config, process_index=i, process_count=3) for i in range(3)]
+    passes = [list(data.eval_iterator()) for data in hosts]
+    assert len({len(p) for p in passes}) == 1  # lockstep: same number of eval steps
+    assert any(not b["loss_mask"].any() for p in passes for b in p)  # some host was topped up
+    eval_texts = [text_docs[d.name] for d in hosts[0].eval_documents()]
+    assert set().union(*(_segment_texts(p) for p in passes)) == _piece_texts(eval_texts)
+    for p in passes:
+        assert all(b["inputs"].shape == (1, 16) for b in p)
+    assert len(list(hosts[0].eval_iterator())) == len(passes[0])  # a fresh pass per call
