@@ -68,9 +68,19 @@ def get_config() -> ConfigDict:
     config.data = ConfigDict()
     config.data.seq_len = seq_len  # tokens per training example (same reference as above)
     config.data.batch_size = 8  # global batch size in sequences
-    config.data.corpus = "stdlib"  # stdlib (Python standard library sources) | text | jsonl
+    config.data.corpus = "stdlib"  # registered corpus (lcm.data.CORPORA): stdlib | text | jsonl
     config.data.path = config_dict.placeholder(str)  # file or directory for text / jsonl
-    config.data.tokenizer = "byte"  # byte (embedded default) or a tokenizer file path
+    config.data.text_field = "text"  # jsonl: the string field holding a document's text
+    config.data.tokenizer = "byte"  # byte (256 ids) | SentencePiece *.model | HF *.json path
+    config.data.cache_dir = config_dict.placeholder(str)  # None = ~/.cache/lcm/tokens
+    config.data.eval_fraction = 0.1  # share of documents (stdlib: packages) held out for eval
+    config.data.split_seed = 0  # seed of the held-out split (independent of train.seed)
+    config.data.packing = "first_fit"  # first_fit | best_fit (grain packers) | concat (chunk)
+    config.data.packing_bins = 32  # rows first_fit / best_fit fill at once (more: less padding)
+    config.data.document_masking = True  # segment ids per document (False: one segment per row)
+    # Sequence-length curriculum: ((length, steps), ...) shortest first, before seq_len; constant
+    # tokens per step (batch_size * seq_len / length rows). () = off.
+    config.data.curriculum = ()
 
     # ---- training ------------------------------------------------------------------------
     config.train = ConfigDict()

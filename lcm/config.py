@@ -15,6 +15,7 @@ lock_config=True)`` (so a misspelled ``--config.a.b`` override fails) and then c
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import math
 import pathlib
 from collections.abc import Callable, Iterator
@@ -22,6 +23,9 @@ from typing import Any
 
 from ml_collections import ConfigDict, FieldReference
 
+from lcm.data.corpora import CORPORA
+from lcm.data.packing import PACKINGS
+from lcm.data.tokenizers import BYTE_VOCAB_SIZE
 from lcm.parallel import mesh as mesh_lib
 from lcm.parallel import sharding
 
@@ -32,7 +36,7 @@ DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 ROPE_LAYOUTS = ("half", "interleaved")
 MASKS = ("causal", "sliding_window", "chunked_causal", "full")
-CORPORA = ("stdlib", "text", "jsonl")
+TOKENIZER_SUFFIXES = (".model", ".json")  # SentencePiece, Hugging Face
 EVAL_PROTOCOLS = ("truncate", "sliding")
 # Implementations that tile the sequence: their block sizes must divide the training length.
 TILED_IMPLS = ("blockwise", "pallas", "ring")
@@ -209,11 +213,69 @@ def _check_model(c: _Checker) -> None:
                 )
 
 
-def _check_data_train_eval(c: _Checker) -> None:
+def _is_tokenizer(v: Any) -> bool:
+    path = pathlib.Path(v).expanduser()
+    return v == "byte" or (path.suffix in TOKENIZER_SUFFIXES and path.is_file())
+
+
+def _check_curriculum(c: _Checker) -> None:
+    stages, seq_len = c.get("data.curriculum"), c.get("seq_len")
+    shape_ok = c.check(
+        "data.curriculum",
+        lambda v: all(len(s) == 2 and all(_is_positive_int(x) for x in s) for s in v),
+        "must be a tuple of (length, steps) pairs of positive integers",
+    )
+    if not shape_ok or not _is_positive_int(seq_len):
+        return
+    lengths = [length for length, _ in stages]
+    c.check(
+        "data.curriculum",
+        lambda v: all(a < b for a, b in itertools.pairwise(lengths)),
+        "lengths must increase (shortest first)",
+    )
+    c.check(
+        "data.curriculum",
+        lambda v: all(length < seq_len and seq_len % length == 0 for length in lengths),
+        f"lengths must be shorter than seq_len = {seq_len} and divide it",
+    )
+    impl = c.get("model.attention.impl")
+    for key in ("block_q", "block_kv"):
+        block = c.get(f"model.attention.{key}")
+        if impl in TILED_IMPLS and _is_positive_int(block) and any(x % block for x in lengths):
+            c.fail(
+                "data.curriculum",
+                f"lengths must be multiples of model.attention.{key} = {block} "
+                f"for model.attention.impl = {impl!r}",
+            )
+
+
+def _check_data(c: _Checker) -> None:
+    d = "data."
+    c.positive_int("seq_len", d + "batch_size", d + "packing_bins")
+    corpus_ok = c.one_of(d + "corpus", tuple(CORPORA.names()))
+    if corpus_ok and c.get(d + "corpus") in ("text", "jsonl"):
+        c.check(d + "path", lambda v: bool(v), "is required when data.corpus is text or jsonl")
+    if corpus_ok and c.get(d + "corpus") == "jsonl":
+        c.check(d + "text_field", lambda v: bool(v), "must be a non-empty field name")
+    tokenizer_ok = c.check(
+        d + "tokenizer",
+        _is_tokenizer,
+        "allowed: 'byte' or an existing SentencePiece *.model / Hugging Face *.json file",
+    )
+    if tokenizer_ok and c.get(d + "tokenizer") == "byte":
+        c.check(
+            "model.vocab_size",
+            lambda v: v >= BYTE_VOCAB_SIZE,
+            f"must be >= {BYTE_VOCAB_SIZE} for data.tokenizer = 'byte'",
+        )
+    c.check(d + "eval_fraction", lambda v: _is_number(v) and 0 <= v < 1, "must be in [0, 1)")
+    c.check(d + "split_seed", lambda v: v >= 0, "must be an integer >= 0")
+    c.one_of(d + "packing", PACKINGS)
+    _check_curriculum(c)
+
+
+def _check_train_eval(c: _Checker) -> None:
     c.check("train.seed", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
-    c.positive_int("seq_len", "data.batch_size")
-    if c.one_of("data.corpus", CORPORA) and c.get("data.corpus") in ("text", "jsonl"):
-        c.check("data.path", lambda v: bool(v), "is required when data.corpus is text or jsonl")
     c.positive_int(
         "train.num_steps",
         "train.log_every",
@@ -256,6 +318,13 @@ def _check_mesh(c: _Checker, num_devices: int | None) -> None:
         c.fail("data.batch_size", f"must be a multiple of mesh data*fsdp = {batch_shards}")
     if _is_positive_int(c.get("seq_len")) and c.get("seq_len") % sizes["context"]:
         c.fail("seq_len", f"must be a multiple of the mesh context size {sizes['context']}")
+    stages = c.get("data.curriculum")
+    lengths = [s[0] for s in stages if isinstance(s, tuple | list) and len(s) == 2]
+    if any(_is_positive_int(x) and x % sizes["context"] for x in lengths):
+        c.fail(
+            "data.curriculum",
+            f"lengths must be multiples of the mesh context size {sizes['context']}",
+        )
     kv_heads = c.get("model.num_kv_heads")
     if _is_positive_int(kv_heads) and kv_heads % sizes["tensor"]:
         c.fail(
@@ -278,7 +347,8 @@ def validate(config: ConfigDict, *, num_devices: int | None = None) -> ConfigDic
     _check_schema(c, base_config())
     if not c.errors:  # the rules below assume every key exists with a sensible type
         _check_model(c)
-        _check_data_train_eval(c)
+        _check_data(c)
+        _check_train_eval(c)
         _check_mesh(c, num_devices)
     if c.errors:
         raise ValueError("invalid config:\n  " + "\n  ".join(c.errors))

@@ -71,7 +71,54 @@ def test_every_config_validates(path):
             "model.attention.impl = 'blockwise'",
         ),
         ({"data__batch_size": 0}, "config.data.batch_size = 0: must be a positive integer"),
-        ({"data__corpus": "web"}, "config.data.corpus = 'web': allowed: 'stdlib', 'text', 'jsonl'"),
+        ({"data__corpus": "web"}, "config.data.corpus = 'web': allowed: 'jsonl', 'stdlib', 'text'"),
+        (
+            {"data__corpus": "jsonl", "data__path": "x.jsonl", "data__text_field": ""},
+            "config.data.text_field = '': must be a non-empty field name",
+        ),
+        (
+            {"data__tokenizer": "missing/tokenizer.json"},
+            "config.data.tokenizer = 'missing/tokenizer.json': allowed: 'byte' or an existing",
+        ),
+        (
+            {"model__vocab_size": 100},
+            "config.model.vocab_size = 100: must be >= 256 for data.tokenizer = 'byte'",
+        ),
+        ({"data__eval_fraction": 1.0}, "config.data.eval_fraction = 1.0: must be in [0, 1)"),
+        ({"data__split_seed": -1}, "config.data.split_seed = -1: must be an integer >= 0"),
+        (
+            {"data__packing": "greedy"},
+            "config.data.packing = 'greedy': allowed: 'first_fit', 'best_fit', 'concat'",
+        ),
+        ({"data__packing_bins": 0}, "config.data.packing_bins = 0: must be a positive integer"),
+        ({"data__document_masking": 1}, "config.data.document_masking = 1: must be of type bool"),
+        (
+            {"data__curriculum": ((128,),)},
+            "config.data.curriculum = ((128,),): must be a tuple of (length, steps) pairs",
+        ),
+        (
+            {"data__curriculum": ((128, 5), (128, 5)), "seq_len": 512},
+            "config.data.curriculum = ((128, 5), (128, 5)): lengths must increase",
+        ),
+        (
+            {"data__curriculum": ((256, 5),)},
+            "config.data.curriculum = ((256, 5),): lengths must be shorter than seq_len = 256",
+        ),
+        (
+            {"data__curriculum": ((64, 5),)},
+            "config.data.curriculum = ((64, 5),): lengths must be multiples of "
+            "model.attention.block_q = 128 for model.attention.impl = 'blockwise'",
+        ),
+        (
+            {
+                "data__curriculum": ((2, 5),),
+                "seq_len": 8,
+                "model__attention__impl": "xla",
+                "mesh__shape": (1, 1, 4, 2),
+            },
+            "config.data.curriculum = ((2, 5),): lengths must be multiples of the mesh context "
+            "size 4",
+        ),
         (
             {"data__corpus": "jsonl"},
             "config.data.path = None: is required when data.corpus is text or jsonl",
@@ -147,6 +194,18 @@ def test_locked_config_rejects_typo_and_load_config_arg(tmp_path):
     assert config_lib.load_config(f"{spec}:long").arg == "long"
     with pytest.raises(FileNotFoundError, match="does not exist"):
         config_lib.load_config(str(tmp_path / "missing.py"))
+
+
+def test_data_curriculum_and_tokenizer_files_accepted(tmp_path):
+    tokenizer = tmp_path / "tokenizer.json"
+    tokenizer.write_text("{}")
+    config = _base(
+        data__curriculum=((128, 10), (256, 10)),
+        seq_len=512,
+        data__tokenizer=str(tokenizer),
+        model__vocab_size=32_000,
+    )
+    config_lib.validate(config, num_devices=8)
 
 
 def test_base_config_is_valid_and_typed():

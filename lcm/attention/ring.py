@@ -31,7 +31,7 @@ import numpy as np
 
 # fwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg) -> (out [B,T,N,H] f32, lse [B,N,T] f32)
 # bwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg, lse, delta, dout) -> (dq, dk, dv), where
-#   delta [B,N,T] = rowsum(dout * out) - dlse  (flash backward's D, with the lse cotangent folded in)
+#   delta [B,N,T] = rowsum(dout * out) - dlse (flash backward D, lse cotangent folded in)
 TileFwd = Callable[..., tuple[jax.Array, jax.Array]]
 TileBwd = Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
 

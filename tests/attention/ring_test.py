@@ -159,9 +159,7 @@ def test_causal_load_balance_per_ring_step(layout, ratio):
     shards = perm.reshape(n, s)
     total = 0
     for step in range(n):
-        work = [
-            np.sum(shards[(r - step) % n][None, :] <= shards[r][:, None]) for r in range(n)
-        ]
+        work = [np.sum(shards[(r - step) % n][None, :] <= shards[r][:, None]) for r in range(n)]
         total += max(work)
     ideal = (n * s) * (n * s + 1) / 2 / n
     assert round(total / ideal, 3) == ratio

@@ -1,0 +1,170 @@
+"""grain pipelines from a tokenized corpus to packed ``[rows, length]`` batches.
+
+Steps (``batches``):
+
+1. **Pieces.** Each document of ``n`` tokens is cut into pieces of at most ``length + 1`` tokens,
+   consecutive pieces sharing one token: ``tokens[0 : L+1], tokens[L : 2L+1], ...``. A piece
+   ``p`` becomes ``inputs = p[:-1]``, ``targets = p[1:]``, so every input position has its true
+   next token *within the same document* as target: a document's last token is never followed
+   by the next document's first, and a document's first token is never a target (nothing
+   precedes it). A long document is trained on exactly once per epoch. Documents with fewer
+   than 2 tokens give no piece. Positions never exceed ``length - 1``.
+2. **Per-host shard** of the piece index space: host ``i`` of ``n`` takes pieces ``i, i+n, ...``
+   (disjoint, and together covering every piece).
+3. **Order.** Training shuffles the host's pieces with the seed and reshuffles every epoch,
+   endlessly (``MapDataset.shuffle(seed).repeat()``); evaluation reads them once, in order, and
+   pads its last batch with empty rows (all features 0, ``positions`` as below).
+4. **Packing** (``packing``) with grain's packers on ``inputs`` and ``targets`` together:
+   ``first_fit`` / ``best_fit`` (``grain.experimental.FirstFitPackIterDataset`` /
+   ``BestFitPackIterDataset``: whole pieces into ``packing_bins`` rows at a time, padding the
+   rest) or ``concat`` (``ConcatThenSplitIterDataset``: pieces back to back, cut every
+   ``length`` tokens; a piece cut at a row end continues at position 0 of the next row).
+5. **Batch** ``rows`` rows, then the output features (all int32 ``[rows, length]``):
+
+   - ``inputs``, ``targets``: token ids (0 at padding);
+   - ``segment_ids``: with ``document_masking`` (default), ``1, 2, ...`` for the pieces of a
+     row in order and 0 for padding, so attention with the mask
+     ``causal & (seg_q == seg_k) & (seg_q != 0)`` never crosses a document boundary (reference
+     notes §3.7); without it, 1 for every real token of the row and 0 for padding (one segment
+     per row: documents attend to each other, as in plain concat-and-chunk);
+   - ``positions``: with document masking, the position within the piece (restarting at 0 at
+     every document or piece start); without it, ``0 .. length-1`` along the row;
+   - ``loss_mask``: 1 where ``targets`` is a real next token (``segment_ids != 0``), else 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grain
+import numpy as np
+
+from lcm.data.cache import TokenizedCorpus
+
+PACKINGS = ("first_fit", "best_fit", "concat")
+# Element reads run in a small thread pool ahead of the packer (order is preserved).
+READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=64)
+FEATURES = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
+
+
+def split_pieces(
+    offsets: np.ndarray, doc_ids: np.ndarray, length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flat-array ``(starts, stops)`` of the pieces of documents ``doc_ids``, in that order.
+
+    Every piece spans ``2 .. length + 1`` tokens; consecutive pieces of a document overlap by
+    one token, so the pieces' ``inputs`` (all tokens but the last) tile the document's tokens
+    ``[0, n - 1)``.
+    """
+    doc_ids = np.asarray(doc_ids, dtype=np.int64)
+    begin, end = offsets[doc_ids], offsets[doc_ids + 1]
+    counts = np.maximum(end - begin - 1 + length - 1, 0) // length  # ceil((n - 1) / length)
+    first = np.repeat(begin, counts)
+    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    starts = first + within * length
+    stops = np.minimum(starts + length + 1, np.repeat(end, counts))
+    return starts, stops
+
+
+class _ReadPiece:
+    """grain map: piece index -> ``{"inputs", "targets"}`` read from the token cache."""
+
+    def __init__(self, corpus: TokenizedCorpus, starts: np.ndarray, stops: np.ndarray):
+        self._corpus, self._starts, self._stops = corpus, starts, stops
+
+    def __call__(self, index: int) -> dict[str, np.ndarray]:
+        piece = self._corpus.read(self._starts[index], self._stops[index])
+        return {"inputs": piece[:-1], "targets": piece[1:]}
+
+
+class _Finalize:
+    """grain map: packer output -> the five int32 features, padded to ``rows`` rows."""
+
+    def __init__(self, *, rows: int, length: int, document_masking: bool):
+        self._rows, self._length, self._document_masking = rows, length, document_masking
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = self._rows - len(batch["inputs"])  # only the last evaluation batch is short
+        out = {
+            k: np.pad(np.asarray(batch[f], dtype=np.int32), ((0, missing), (0, 0)))
+            for k, f in [
+                ("inputs", "inputs"),
+                ("targets", "targets"),
+                ("segment_ids", "inputs_segment_ids"),
+                ("positions", "inputs_positions"),
+            ]
+        }
+        out["loss_mask"] = (out["segment_ids"] != 0).astype(np.int32)
+        if not self._document_masking:
+            out["segment_ids"] = out["loss_mask"].copy()
+            out["positions"] = np.broadcast_to(
+                np.arange(self._length, dtype=np.int32), (self._rows, self._length)
+            ).copy()
+        return out
+
+
+def empty_batch(rows: int, length: int, document_masking: bool) -> dict[str, np.ndarray]:
+    """A batch of ``rows`` padding rows (``loss_mask`` all 0), laid out like real batches."""
+    raw = ("inputs", "targets", "inputs_segment_ids", "inputs_positions")
+    finalize = _Finalize(rows=rows, length=length, document_masking=document_masking)
+    return finalize({k: np.zeros((0, length), np.int32) for k in raw})
+
+
+def batches(
+    corpus: TokenizedCorpus,
+    doc_ids: np.ndarray,
+    *,
+    length: int,
+    rows: int,
+    packing: str,
+    document_masking: bool,
+    packing_bins: int,
+    seed: int,
+    train: bool,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.IterDataset:
+    """Packed batches of documents ``doc_ids`` of ``corpus``, this host's share.
+
+    Args:
+      corpus: the tokenized corpus.
+      doc_ids: the documents to use (e.g. the training split).
+      length: row length in tokens.
+      rows: rows per batch on this host.
+      packing: one of ``PACKINGS``.
+      document_masking: segment ids per document piece (True) or per row (False).
+      packing_bins: rows the first/best-fit packer fills at once.
+      seed: shuffle seed (pieces and packed rows).
+      train: endless, shuffled and full batches (True), or one ordered pass whose last batch
+        is padded with empty rows (False).
+      process_index: this host's index, in ``[0, process_count)``.
+      process_count: number of hosts sharing the pieces.
+
+    Raises:
+      ValueError: unknown ``packing``, or fewer pieces than hosts.
+    """
+    if packing not in PACKINGS:
+        raise ValueError(f"config.data.packing = {packing!r}: allowed: {', '.join(PACKINGS)}")
+    starts, stops = split_pieces(corpus.offsets, doc_ids, length)
+    if len(starts) < process_count:
+        raise ValueError(
+            f"{len(starts)} pieces of length {length} from {len(doc_ids)} documents cannot be "
+            f"shared by {process_count} hosts"
+        )
+    ds = grain.MapDataset.range(len(starts))[process_index::process_count]
+    if train:
+        ds = ds.shuffle(seed=seed).repeat()
+    ds = ds.map(_ReadPiece(corpus, starts, stops)).to_iter_dataset(READ_OPTIONS)
+    lengths: dict[str, Any] = {"inputs": length, "targets": length}
+    if packing == "concat":
+        ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct=lengths)
+    else:
+        packer = {
+            "first_fit": grain.experimental.FirstFitPackIterDataset,
+            "best_fit": grain.experimental.BestFitPackIterDataset,
+        }[packing]
+        ds = packer(
+            ds, length_struct=lengths, num_packing_bins=packing_bins, seed=seed, shuffle_bins=train
+        )
+    ds = ds.batch(rows, drop_remainder=train)
+    return ds.map(_Finalize(rows=rows, length=length, document_masking=document_masking))
