@@ -97,6 +97,7 @@ def get_config() -> ConfigDict:
     config.train.z_loss = 0.0  # weight of the z-loss logsumexp(logits)^2 term; 0 = off
     config.train.log_every = 10  # steps between progress lines / metrics.jsonl records
     config.train.eval_every = 100  # steps between held-out evaluations; 0 = never
+    config.train.eval_batches = 8  # held-out batches per evaluation (same for every eval)
     config.train.checkpoint_every = 100  # steps between checkpoints
     config.train.max_checkpoints = 3  # checkpoints kept (newest)
     config.train.peak_flops = 0.0  # FLOP/s for MFU; 0 = measure a float32 matmul at start

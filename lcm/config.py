@@ -282,6 +282,7 @@ def _check_train_eval(c: _Checker) -> None:
         "train.checkpoint_every",
         "train.max_checkpoints",
         "train.grad_accum_steps",
+        "train.eval_batches",
     )
     c.positive("train.learning_rate")
     for key in ("train.warmup_steps", "train.eval_every"):

@@ -15,15 +15,15 @@ with the implementation named in the config.
 
 from __future__ import annotations
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lcm import attention as attention_lib
 from lcm.model import layers
-from lcm.model.spec import LayerSpec, ModelSpec
+from lcm.model.spec import ModelSpec, mask_for
 from lcm.parallel import sharding
+from lcm.positional.schedule import LayerSpec
 
 _DENSE_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 
@@ -61,10 +61,22 @@ class Attention(nn.Module):
             norm = dict(axis_name="head_dim", dtype=s.dtype, param_dtype=s.param_dtype)
             q = layers.RMSNorm(name="q_norm", **norm)(q)
             kk = layers.RMSNorm(name="k_norm", **norm)(kk)
-        q, kk, logits_fn = self.layer.positional.apply(self, q, kk, positions, positions)
+        # Built here so a scheme with parameters (a linen module) becomes a child of this one.
+        scheme = s.build_positional(self.layer)
+        q, kk = scheme.rotate(q, kk, positions, positions)
         q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
-        out = self.layer.attend(
-            q, kk, v, positions=positions, segment_ids=segment_ids, logits_fn=logits_fn
+        out = attention_lib.attend(
+            q,
+            kk,
+            v,
+            mask=mask_for(self.layer),
+            impl=s.attention_impl,
+            q_pos=positions,
+            k_pos=positions,
+            q_segment_ids=segment_ids,
+            kv_segment_ids=segment_ids,
+            logits_fn=scheme.logits_fn,
+            **dict(s.attention_options),
         )
         out = sharding.constrain(out.astype(s.dtype), ("batch", "length", "heads", "head_dim"))
         return jnp.einsum(
@@ -149,7 +161,3 @@ class Transformer(nn.Module):
             logits = jnp.einsum("BTD,DV->BTV", x.astype(jnp.float32), w.astype(jnp.float32))
         return sharding.constrain(logits, ("batch", "length", "vocab"))
 
-
-def replace(spec: ModelSpec, **changes) -> ModelSpec:
-    """A copy of ``spec`` with fields changed (e.g. a different attention impl at eval time)."""
-    return dataclasses.replace(spec, **changes)

@@ -9,6 +9,7 @@ current step, save, and exit cleanly.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 
@@ -86,7 +87,14 @@ def train(config, workdir: str, *, log=print) -> dict:
         abstract, shardings = state_lib.state_shardings(
             model, tx, mesh, rules, batch_size=batch_size, seq_len=seq_len
         )
-        data_iterator = data_lib.make_train_iterator(config, workdir=workdir)
+        data = data_lib.load_data(config, workdir=workdir)
+        m = data.manifest
+        log(
+            f"data: {config.data.corpus} corpus, {m['train_documents']} train / "
+            f"{m['eval_documents']} eval documents, {m['train_tokens']:,} train tokens "
+            f"(manifest in {workdir}/data_manifest.json)"
+        )
+        data_iterator = data.train_iterator()
         ckpt = checkpoint.Checkpointer(
             workdir, every=t.checkpoint_every, max_to_keep=t.max_checkpoints
         )
@@ -108,17 +116,19 @@ def train(config, workdir: str, *, log=print) -> dict:
             batch_sharding,
         )
         eval_fn = jax.jit(step_lib.make_eval_step(model))
-        eval_batches = data_lib.make_eval_batches(config) if t.eval_every else []
+        eval_batches = (
+            list(itertools.islice(data.eval_iterator(), t.eval_batches)) if t.eval_every else []
+        )
 
         last: dict = {"step": start}
         window_start, window_tokens = time.perf_counter(), 0.0
         with _StopFlag() as stop:
             step = start
             while step < t.num_steps:
-                batch = _global_batch(next(data_iterator), batch_sharding)
-                state, step_metrics = train_step(state, batch)
+                local = next(data_iterator)
+                state, step_metrics = train_step(state, _global_batch(local, batch_sharding))
                 step += 1
-                window_tokens += batch_size * seq_len
+                window_tokens += local["inputs"].size * jax.process_count()
                 due_eval = t.eval_every and (step % t.eval_every == 0 or step == t.num_steps)
                 if step % t.log_every == 0 or step == t.num_steps or due_eval:
                     loss = float(step_metrics["loss"])  # waits for the step
