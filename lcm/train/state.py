@@ -40,10 +40,12 @@ def _boxed_init(model: nn.Module, tx: optax.GradientTransformation, batch_size, 
 
 def state_shardings(model, tx, mesh, rules, *, batch_size: int, seq_len: int):
     """``(abstract_state, shardings)``: shapes/dtypes and ``NamedSharding`` of every leaf."""
-    boxed = jax.eval_shape(_boxed_init(model, tx, batch_size, seq_len), jax.random.key(0))
+    init = _boxed_init(model, tx, batch_size, seq_len)
+    boxed = jax.eval_shape(init, jax.random.key(0))
     shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, tuple(rules))
+    plain = jax.eval_shape(lambda rng: nn.unbox(init(rng)), jax.random.key(0))
     abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed), shardings
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), plain, shardings
     )
     return abstract, shardings
 
