@@ -185,7 +185,7 @@ def test_self_extend_matches_dense_oracle_with_gqa(kv_heads):
     distance = np.array(
         [
             [[self_extend_distance(i, j, 2, 3) for j in kp] for i in qp]
-            for qp, kp in zip(Q_POS, K_POS)
+            for qp, kp in zip(Q_POS, K_POS, strict=True)
         ]
     )
     inv_freq = jnp.asarray(rope.frequencies().inv_freq)
