@@ -54,6 +54,11 @@ def test_every_config_validates(path):
             "config.model.positional.partial_rotary_factor = 1.5: must be in (0, 1]",
         ),
         (
+            {"model__positional__partial_rotary_factor": 0.3},
+            "config.model.positional.partial_rotary_factor = 0.3: int(model.head_dim * "
+            "partial_rotary_factor) = 9 must be even and > 0",
+        ),
+        (
             {"model__positional__base": -1.0},
             "config.model.positional.base = -1.0: must be a number > 0",
         ),
