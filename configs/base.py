@@ -42,7 +42,7 @@ def get_config() -> ConfigDict:
     # Hugging Face style rope_scaling; unset (None) fields take the HF defaults of the rope_type.
     config.model.positional.rope_scaling = ConfigDict()
     rs = config.model.positional.rope_scaling
-    rs.rope_type = "default"  # default | linear | ntk | dynamic | yarn | llama3 | longrope | ...
+    rs.rope_type = "default"  # default|linear|ntk|dynamic|yarn|llama3|longrope|resonance[_yarn]
     rs.factor = 1.0  # context extension factor
     rs.original_max_position_embeddings = config_dict.placeholder(int)  # pretraining length
     rs.beta_fast = config_dict.placeholder(float)  # YaRN ramp, fast end (HF default 32)
@@ -51,10 +51,25 @@ def get_config() -> ConfigDict:
     rs.mscale_all_dim = config_dict.placeholder(float)  # YaRN mscale_all_dim (DeepSeek style)
     rs.attention_factor = config_dict.placeholder(float)  # multiplies cos/sin; None = derived
     rs.truncate = config_dict.placeholder(bool)  # YaRN: floor/ceil the ramp bounds (HF default)
-    rs.low_freq_factor = config_dict.placeholder(float)  # Llama-3 (HF: 1.0)
-    rs.high_freq_factor = config_dict.placeholder(float)  # Llama-3 (HF: 4.0)
+    rs.low_freq_factor = config_dict.placeholder(float)  # llama3: required (Llama 3.1 uses 1.0)
+    rs.high_freq_factor = config_dict.placeholder(float)  # llama3: required (Llama 3.1 uses 4.0)
     rs.short_factor = config_dict.placeholder(tuple)  # LongRoPE per-frequency factors, short
     rs.long_factor = config_dict.placeholder(tuple)  # LongRoPE per-frequency factors, long
+    # Other schemes' fields (each read only by the scheme named in its comment).
+    config.model.positional.head_scale_init = 1.6  # nope_head_scale: initial per-head temperature
+    config.model.positional.tapa_theta = 0.5  # tapa: fraction of head_dim used for the amplitude
+    config.model.positional.tapa_alpha = 0.1  # tapa: phase grows as |m - n| ** tapa_alpha
+    config.model.positional.self_extend_group = 8  # self_extend: group size G beyond the window
+    config.model.positional.self_extend_window = 1024  # self_extend: neighbour window W
+    config.model.positional.lm_infinite_global = 10  # lm_infinite: first positions always visible
+    config.model.positional.lm_infinite_local = 4096  # lm_infinite: recent positions visible
+    # lm_infinite: distance ceiling; None = lm_infinite_local.
+    config.model.positional.lm_infinite_max_distance = config_dict.placeholder(int)
+    # Per-layer schedule (lcm.positional.schedule): which scheme and mask layer i uses.
+    config.model.positional.schedule = "uniform"  # uniform | rnope_swa | explicit
+    config.model.positional.nope_every = 4  # rnope_swa: layer i is NoPE+causal iff (i+1) % n == 0
+    config.model.positional.swa_window = 4096  # rnope_swa: sliding window (left size), RoPE layers
+    config.model.positional.layers = ()  # explicit: "scheme:mask[:window]" per layer, cyclic
 
     # Attention: a registered implementation plus its options (lcm.attention).
     config.model.attention = ConfigDict()

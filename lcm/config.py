@@ -28,6 +28,9 @@ from lcm.data.packing import PACKINGS
 from lcm.data.tokenizers import BYTE_VOCAB_SIZE
 from lcm.parallel import mesh as mesh_lib
 from lcm.parallel import sharding
+from lcm.positional import POSITIONAL
+from lcm.positional import rope_scaling as rope_scaling_lib
+from lcm.positional import schedule as schedule_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 BASE_CONFIG = REPO_ROOT / "configs" / "base.py"
@@ -35,7 +38,7 @@ BASE_CONFIG = REPO_ROOT / "configs" / "base.py"
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 ROPE_LAYOUTS = ("half", "interleaved")
-MASKS = ("causal", "sliding_window", "chunked_causal", "full")
+MASKS = schedule_lib.MASKS
 TOKENIZER_SUFFIXES = (".model", ".json")  # SentencePiece, Hugging Face
 EVAL_PROTOCOLS = ("truncate", "sliding")
 # Implementations that tile the sequence: their block sizes must divide the training length.
@@ -185,15 +188,7 @@ def _check_model(c: _Checker) -> None:
     c.one_of(m + "param_dtype", DTYPES)
     c.one_of(m + "remat_policy", REMAT_POLICIES)
 
-    p = m + "positional."
-    c.positive(p + "base")
-    c.one_of(p + "layout", ROPE_LAYOUTS)
-    c.check(
-        p + "partial_rotary_factor",
-        lambda v: _is_number(v) and 0 < v <= 1,
-        "must be in (0, 1]",
-    )
-    c.positive(p + "rope_scaling.factor")
+    _check_positional(c)
 
     a = m + "attention."
     c.one_of(a + "mask", MASKS)
@@ -211,6 +206,100 @@ def _check_model(c: _Checker) -> None:
                     f"must be a multiple of model.attention.{key} = {block} "
                     f"for model.attention.impl = {c.get(a + 'impl')!r}",
                 )
+
+
+def _check_rope_scaling(c: _Checker) -> None:
+    p = "model.positional."
+    r = p + "rope_scaling."
+    c.positive(r + "factor")
+    if not c.one_of(r + "rope_type", rope_scaling_lib.ROPE_TYPES):
+        return
+    rope_type = c.get(r + "rope_type")
+    used = rope_scaling_lib.SCALING_KEYS[rope_type]
+    for key in rope_scaling_lib.ROPE_SCALING_KEYS[1:]:
+        value = c.get(r + key)
+        if key in rope_scaling_lib.REQUIRED_KEYS[rope_type] and value is None:
+            c.fail(r + key, f"is required when {r}rope_type = {rope_type!r}")
+        elif key not in used and value is not None and not (key == "factor" and value == 1.0):
+            c.fail(
+                r + key,
+                f"is not read by {r}rope_type = {rope_type!r} (it reads: "
+                f"{', '.join(used) or 'nothing'}); unset it",
+            )
+    if rope_type == "longrope":
+        head_dim, fraction = c.get("model.head_dim"), c.get(p + "partial_rotary_factor")
+        pairs = int(head_dim * fraction) // 2 if _is_number(fraction) else None
+        for key in ("short_factor", "long_factor"):
+            value = c.get(r + key)
+            if value is not None and len(value) != pairs:
+                c.fail(
+                    r + key,
+                    f"must have int(head_dim * partial_rotary_factor) / 2 = {pairs} entries",
+                )
+
+
+def _check_positional(c: _Checker) -> None:
+    p = "model.positional."
+    names = tuple(POSITIONAL.names())
+    c.one_of(p + "name", names)
+    c.positive(p + "base")
+    c.one_of(p + "layout", ROPE_LAYOUTS)
+    head_dim = c.get("model.head_dim")
+    if c.check(
+        p + "partial_rotary_factor",
+        lambda v: _is_number(v) and 0 < v <= 1,
+        "must be in (0, 1]",
+    ) and _is_positive_int(head_dim):
+        rotary_dim = int(head_dim * c.get(p + "partial_rotary_factor"))
+        c.check(
+            p + "partial_rotary_factor",
+            lambda v: rotary_dim > 0 and rotary_dim % 2 == 0,
+            f"int(model.head_dim * partial_rotary_factor) = {rotary_dim} must be even and > 0",
+        )
+    _check_rope_scaling(c)
+    c.positive(p + "head_scale_init", p + "tapa_alpha")
+    c.check(
+        p + "tapa_theta",
+        lambda v: 0 < v < 1 and float(v * head_dim).is_integer(),
+        f"must be in (0, 1) with tapa_theta * model.head_dim ({head_dim}) an integer",
+    )
+    c.positive_int(
+        p + "self_extend_group",
+        p + "self_extend_window",
+        p + "lm_infinite_local",
+        p + "nope_every",
+        p + "swa_window",
+    )
+    c.check(
+        p + "lm_infinite_global", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0"
+    )
+    c.check(
+        p + "lm_infinite_max_distance",
+        lambda v: v is None or _is_positive_int(v),
+        "must be None (= lm_infinite_local) or a positive integer",
+    )
+    used = {c.get(p + "name")}
+    if c.one_of(p + "schedule", schedule_lib.SCHEDULES) and c.get(p + "schedule") == "explicit":
+        layers = c.get(p + "layers")
+        if not layers:
+            c.fail(p + "layers", "must be non-empty when model.positional.schedule = 'explicit'")
+        for entry in layers:
+            try:
+                spec = schedule_lib.parse_layer(entry, c.get("model.attention.window"))
+            except (ValueError, AttributeError) as e:
+                c.fail(p + "layers", str(e))
+                continue
+            used.add(spec.positional)
+            if spec.positional not in names:
+                c.fail(p + "layers", f"scheme {spec.positional!r}; allowed: {', '.join(names)}")
+    rope_type = c.get(p + "rope_scaling.rope_type")
+    for name in sorted(used & {"self_extend", "lm_infinite"}):
+        if rope_type in rope_scaling_lib.LENGTH_DEPENDENT:
+            c.fail(
+                p + "rope_scaling.rope_type",
+                f"{name} needs length-independent frequencies; not allowed: "
+                f"{', '.join(rope_scaling_lib.LENGTH_DEPENDENT)}",
+            )
 
 
 def _is_tokenizer(v: Any) -> bool:
