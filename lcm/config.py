@@ -244,14 +244,20 @@ def _check_positional(c: _Checker) -> None:
     c.one_of(p + "name", names)
     c.positive(p + "base")
     c.one_of(p + "layout", ROPE_LAYOUTS)
-    c.check(
+    head_dim = c.get("model.head_dim")
+    if c.check(
         p + "partial_rotary_factor",
         lambda v: _is_number(v) and 0 < v <= 1,
         "must be in (0, 1]",
-    )
+    ) and _is_positive_int(head_dim):
+        rotary_dim = int(head_dim * c.get(p + "partial_rotary_factor"))
+        c.check(
+            p + "partial_rotary_factor",
+            lambda v: rotary_dim > 0 and rotary_dim % 2 == 0,
+            f"int(model.head_dim * partial_rotary_factor) = {rotary_dim} must be even and > 0",
+        )
     _check_rope_scaling(c)
     c.positive(p + "head_scale_init", p + "tapa_alpha")
-    head_dim = c.get("model.head_dim")
     c.check(
         p + "tapa_theta",
         lambda v: 0 < v < 1 and float(v * head_dim).is_integer(),

@@ -54,8 +54,110 @@ def test_every_config_validates(path):
             "config.model.positional.partial_rotary_factor = 1.5: must be in (0, 1]",
         ),
         (
+            {"model__positional__partial_rotary_factor": 0.3},
+            "config.model.positional.partial_rotary_factor = 0.3: int(model.head_dim * "
+            "partial_rotary_factor) = 9 must be even and > 0",
+        ),
+        (
             {"model__positional__base": -1.0},
             "config.model.positional.base = -1.0: must be a number > 0",
+        ),
+        (
+            {"model__positional__name": "rotary"},
+            "config.model.positional.name = 'rotary': allowed: 'alibi', 'lm_infinite', 'nope', "
+            "'nope_head_scale', 'rope', 'self_extend', 'tapa'",
+        ),
+        (
+            {"model__positional__rope_scaling__rope_type": "ntk_aware"},
+            "config.model.positional.rope_scaling.rope_type = 'ntk_aware': allowed: 'default', "
+            "'linear', 'ntk', 'dynamic', 'yarn', 'llama3', 'longrope', 'resonance', "
+            "'resonance_yarn'",
+        ),
+        (
+            {"model__positional__rope_scaling__rope_type": "yarn"},
+            "config.model.positional.rope_scaling.original_max_position_embeddings = None: is "
+            "required when model.positional.rope_scaling.rope_type = 'yarn'",
+        ),
+        (
+            {
+                "model__positional__rope_scaling__rope_type": "llama3",
+                "model__positional__rope_scaling__original_max_position_embeddings": 8192,
+                "model__positional__rope_scaling__low_freq_factor": 1.0,
+            },
+            "config.model.positional.rope_scaling.high_freq_factor = None: is required when "
+            "model.positional.rope_scaling.rope_type = 'llama3'",
+        ),
+        (
+            {
+                "model__positional__rope_scaling__rope_type": "linear",
+                "model__positional__rope_scaling__beta_fast": 32.0,
+            },
+            "config.model.positional.rope_scaling.beta_fast = 32.0: is not read by "
+            "model.positional.rope_scaling.rope_type = 'linear' (it reads: factor); unset it",
+        ),
+        (
+            {
+                "model__positional__rope_scaling__rope_type": "longrope",
+                "model__positional__rope_scaling__original_max_position_embeddings": 64,
+                "model__positional__rope_scaling__short_factor": (1.0,) * 16,
+                "model__positional__rope_scaling__long_factor": (1.0,) * 15,
+            },
+            "config.model.positional.rope_scaling.long_factor = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, "
+            "1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0): must have int(head_dim * "
+            "partial_rotary_factor) / 2 = 16 entries",
+        ),
+        (
+            {
+                "model__positional__name": "self_extend",
+                "model__positional__rope_scaling__rope_type": "dynamic",
+                "model__positional__rope_scaling__original_max_position_embeddings": 64,
+            },
+            "config.model.positional.rope_scaling.rope_type = 'dynamic': self_extend needs "
+            "length-independent frequencies; not allowed: dynamic, longrope",
+        ),
+        (
+            {"model__positional__tapa_theta": 0.3},
+            "config.model.positional.tapa_theta = 0.3: must be in (0, 1) with tapa_theta * "
+            "model.head_dim (32) an integer",
+        ),
+        (
+            {"model__positional__self_extend_group": 0},
+            "config.model.positional.self_extend_group = 0: must be a positive integer",
+        ),
+        (
+            {"model__positional__lm_infinite_max_distance": 0},
+            "config.model.positional.lm_infinite_max_distance = 0: must be None "
+            "(= lm_infinite_local) or a positive integer",
+        ),
+        (
+            {"model__positional__schedule": "alternate"},
+            "config.model.positional.schedule = 'alternate': allowed: 'uniform', 'rnope_swa', "
+            "'explicit'",
+        ),
+        (
+            {"model__positional__nope_every": 0},
+            "config.model.positional.nope_every = 0: must be a positive integer",
+        ),
+        (
+            {"model__positional__schedule": "explicit"},
+            "config.model.positional.layers = (): must be non-empty when "
+            "model.positional.schedule = 'explicit'",
+        ),
+        (
+            {
+                "model__positional__schedule": "explicit",
+                "model__positional__layers": ("rope:causal", "xpos:causal", "nope:diag"),
+            },
+            "config.model.positional.layers = ('rope:causal', 'xpos:causal', 'nope:diag'): "
+            "scheme 'xpos'; allowed: alibi, lm_infinite",
+        ),
+        (
+            {
+                "model__positional__schedule": "explicit",
+                "model__positional__layers": ("nope:diag",),
+            },
+            "config.model.positional.layers = ('nope:diag',): layer entry 'nope:diag': mask "
+            "'diag'; allowed: causal, sliding_window, chunked_causal, full",
         ),
         (
             {"model__attention__mask": "diagonal"},
@@ -213,3 +315,31 @@ def test_base_config_is_valid_and_typed():
     assert isinstance(config, ConfigDict)
     config_lib.validate(config, num_devices=1)
     assert config.data.seq_len == config.seq_len  # one shared reference
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {
+            "model__positional__rope_scaling__rope_type": "llama3",
+            "model__positional__rope_scaling__factor": 8.0,
+            "model__positional__rope_scaling__original_max_position_embeddings": 8192,
+            "model__positional__rope_scaling__low_freq_factor": 1.0,
+            "model__positional__rope_scaling__high_freq_factor": 4.0,
+        },
+        {
+            "model__positional__rope_scaling__rope_type": "resonance_yarn",
+            "model__positional__rope_scaling__factor": 4.0,
+            "model__positional__rope_scaling__original_max_position_embeddings": 64,
+            "model__positional__rope_scaling__beta_fast": 16.0,
+        },
+        {"model__positional__schedule": "rnope_swa", "model__positional__swa_window": 64},
+        {
+            "model__positional__schedule": "explicit",
+            "model__positional__layers": ("rope:sliding_window:64", "lm_infinite:causal"),
+        },
+        {"model__positional__name": "tapa", "model__positional__tapa_theta": 0.25},
+    ],
+)
+def test_valid_positional_settings_pass(overrides):
+    config_lib.validate(_base(**overrides), num_devices=8)

@@ -76,7 +76,11 @@ def test_dynamic_traced_length_matches_static():
 def test_dynamic_reads_max_position_embeddings_like_hugging_face():
     # HF's dynamic type measures lengths against config.max_position_embeddings.
     got = rope_frequencies(
-        128, 1e4, {"rope_type": "dynamic", "factor": 2.0}, seq_len=8192, max_position_embeddings=4096
+        128,
+        1e4,
+        {"rope_type": "dynamic", "factor": 2.0},
+        seq_len=8192,
+        max_position_embeddings=4096,
     )
     np.testing.assert_allclose(got.inv_freq, inv(base=30527.7), rtol=5e-6)
 

@@ -1,0 +1,64 @@
+"""NoPE and NoPE head scale: identity, and λ_h · q·k/√H (Wang et al.) with its gradient."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lcm.positional.nope import NoPE, NoPEHeadScale
+
+
+def _qk(seed=0):
+    rng = np.random.default_rng(seed)
+    q = jnp.asarray(rng.standard_normal((2, 3, 4, 8)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((2, 5, 2, 8)), jnp.float32)
+    return q, k
+
+
+POS_Q, POS_K = jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 5), jnp.int32)
+
+
+def test_nope_is_identity_and_has_no_logits_hook():
+    q, k = _qk()
+    out_q, out_k = NoPE().rotate(q, k, POS_Q, POS_K)
+    assert out_q is q and out_k is k and NoPE().logits_fn is None
+
+
+def test_head_scale_multiplies_logits_per_head():
+    q, k = _qk(1)
+    module = NoPEHeadScale(num_heads=4)
+    params = module.init(jax.random.key(0), q, k, POS_Q, POS_K, method="rotate")
+    scale = nn.unbox(params)["params"]["head_scale"]
+    np.testing.assert_array_equal(scale, np.full(4, 1.6, np.float32))  # the paper's init
+    lam = jnp.asarray([1.0, 1.6, 2.0, 0.5])
+    variables = {"params": {"head_scale": lam}}
+    qs, ks = module.apply(variables, q, k, POS_Q, POS_K, method="rotate")
+    assert ks is k
+
+    def logits(qq):  # head n reads kv head n // 2
+        kk = jnp.repeat(k, 2, axis=2)
+        return jnp.einsum("btnh,bsnh->bnts", qq, kk, precision="highest") / jnp.sqrt(8.0)
+
+    np.testing.assert_allclose(logits(qs), lam[None, :, None, None] * logits(q), rtol=1e-6)
+    # head_dim 64: λ = 1 -> logit multiplier 1/8 = 0.125, λ = 1.6 -> 0.2 (reference §15b).
+    assert 1.6 / np.sqrt(64) == pytest.approx(0.2)
+
+
+def test_head_scale_gradient_is_the_per_head_logit_sum():
+    q, k = _qk(2)
+    module = NoPEHeadScale(num_heads=4)
+    lam = jnp.asarray([1.0, 1.5, 2.0, 3.0])
+
+    def loss(lam):
+        qs, _ = module.apply({"params": {"head_scale": lam}}, q, k, POS_Q, POS_K, method="rotate")
+        return jnp.sum(qs * 2.0)
+
+    # d/dλ_h Σ 2·λ_h·q = 2 Σ q over head h.
+    np.testing.assert_allclose(jax.grad(loss)(lam), 2 * q.sum(axis=(0, 1, 3)), rtol=1e-5)
+
+
+def test_head_scale_checks_head_count():
+    q, k = _qk()
+    with pytest.raises(ValueError, match="q has 4 heads; this scheme has 3"):
+        NoPEHeadScale(num_heads=3).init(jax.random.key(0), q, k, POS_Q, POS_K, method="rotate")
