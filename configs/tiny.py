@@ -1,6 +1,6 @@
 """A tiny model for tests and smoke runs (seconds on a CPU).
 
-    python -m lcm.train --config configs/tiny.py --workdir /tmp/tiny
+python -m lcm.train --config configs/tiny.py --workdir /tmp/tiny
 """
 
 from configs import base

@@ -160,4 +160,3 @@ class Transformer(nn.Module):
             )
             logits = jnp.einsum("BTD,DV->BTV", x.astype(jnp.float32), w.astype(jnp.float32))
         return sharding.constrain(logits, ("batch", "length", "vocab"))
-

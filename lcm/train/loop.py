@@ -64,8 +64,11 @@ def evaluate(eval_fn, params, batches, batch_sharding) -> float:
     return nll / max(tokens, 1.0)
 
 
-def train(config, workdir: str, *, log=print) -> dict:
+def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> dict:
     """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints).
+
+    ``stop_after`` ends this invocation (with a checkpoint) after that many steps, as a
+    preemption would; a later call resumes.
 
     Returns:
       The last logged metrics, with ``step`` and, when evaluated, ``eval_loss``.
@@ -158,9 +161,9 @@ def train(config, workdir: str, *, log=print) -> dict:
                     )
                     window_start, window_tokens = time.perf_counter(), 0.0
                 ckpt.save(step, state, data_iterator, force=step == t.num_steps)
-                if stop.signal:
+                if stop.signal or (stop_after is not None and step - start >= stop_after):
                     ckpt.save(step, state, data_iterator, force=True)
-                    log(f"{stop.signal} received: saved step {step}, exiting")
+                    log(f"{stop.signal or 'stop_after'}: saved step {step}, exiting")
                     break
         ckpt.close()
         writer.close()

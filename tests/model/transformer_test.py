@@ -1,4 +1,4 @@
-"""The transformer: causality, document isolation, implementation parity, schedules, build checks."""
+"""The transformer: causality, document isolation, impl parity, schedules, build checks."""
 
 import pathlib
 
