@@ -2,9 +2,9 @@ r"""Every default of lcm, one comment per field. Experiment configs import it, c
 
 Run the main job on it:
 
-    python -m lcm.main --config configs/base.py
-    python -m lcm.main --config configs/base.py --config.model.num_layers=4 \
-        --config.mesh.shape="(2,1,4,1)"
+    python -m lcm.train --config configs/base.py --workdir /tmp/base
+    python -m lcm.train --config configs/base.py --workdir /tmp/base \
+        --config.model.num_layers=4 --config.mesh.shape="(2,1,4,1)"
 """
 
 from ml_collections import ConfigDict, FieldReference, config_dict

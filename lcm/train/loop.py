@@ -64,6 +64,23 @@ def evaluate(eval_fn, params, batches, batch_sharding) -> float:
     return nll / max(tokens, 1.0)
 
 
+def unigram_entropy(batches) -> float:
+    """Entropy (nats/token) of the empirical token distribution of the batches' targets.
+
+    The best loss any context-free (unigram) model could reach on these exact tokens: a model
+    that learned anything from context must go below it.
+    """
+    counts = {}
+    for batch in batches:
+        targets = np.asarray(batch["targets"])[np.asarray(batch["loss_mask"]) > 0]
+        ids, n = np.unique(targets, return_counts=True)
+        for i, c in zip(ids.tolist(), n.tolist(), strict=True):
+            counts[i] = counts.get(i, 0) + c
+    p = np.array(list(counts.values()), np.float64)
+    p /= p.sum()
+    return float(-(p * np.log(p)).sum())
+
+
 def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> dict:
     """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints).
 
@@ -122,6 +139,11 @@ def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> 
         eval_batches = (
             list(itertools.islice(data.eval_iterator(), t.eval_batches)) if t.eval_every else []
         )
+        if eval_batches:
+            log(
+                f"eval: {len(eval_batches)} held-out batches; unigram entropy of their targets "
+                f"{unigram_entropy(eval_batches):.4f} nats/token (a context-free baseline)"
+            )
 
         last: dict = {"step": start}
         window_start, window_tokens = time.perf_counter(), 0.0

@@ -79,3 +79,12 @@ def test_grad_accumulation_equals_one_big_batch():
     )
     np.testing.assert_allclose(m1["loss"], nll / tokens, rtol=1e-6)
     assert int(s1.step) == 1
+
+
+def test_unigram_entropy_closed_form():
+    from lcm.train.loop import unigram_entropy
+
+    batch = {"targets": np.array([[1, 1, 2, 3]]), "loss_mask": np.array([[1, 1, 1, 0]])}
+    # p = (2/3, 1/3): H = -(2/3 ln 2/3 + 1/3 ln 1/3)
+    want = -(2 / 3 * np.log(2 / 3) + 1 / 3 * np.log(1 / 3))
+    np.testing.assert_allclose(unigram_entropy([batch]), want, rtol=1e-12)
