@@ -1,4 +1,4 @@
-"""Tile-skipping flash attention kernels (forward, dq, dkv) shared by ``flash`` and ``block_sparse``.
+"""Tile-skipping flash attention kernels (fwd, dq, dkv) shared by ``flash`` and ``block_sparse``.
 
 Online softmax over kv tiles (Milakov & Gimelshein 2018, arXiv 1805.02867; FlashAttention, Dao et
 al. 2022, arXiv 2205.14135) with recomputation in a backward split into a dq kernel (grid over q
@@ -30,7 +30,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from kernels_pallas.common import NUM_LANES
+from kernels_pallas.common import NUM_LANES, check_per_token
 from kernels_pallas.mask import EMPTY, FULL, PARTIAL, PositionalMask, segment_tile_kind
 
 # Contract the head dim of both operands: [bq, H] x [bk, H] -> [bq, bk].
@@ -67,6 +67,28 @@ class Tokens(NamedTuple):
     kv_pos: jax.Array
     q_seg: jax.Array | None
     kv_seg: jax.Array | None
+
+
+def make_tokens(batch, q_len, kv_len, q_segment_ids, kv_segment_ids, q_positions, kv_positions):
+    """Validates the optional per-token arrays; positions default to ``arange``."""
+    if (q_segment_ids is None) != (kv_segment_ids is None):
+        raise ValueError("q_segment_ids and kv_segment_ids: pass both or neither")
+    check_per_token("q_segment_ids", q_segment_ids, batch, q_len, "T")
+    check_per_token("kv_segment_ids", kv_segment_ids, batch, kv_len, "S")
+    check_per_token("q_positions", q_positions, batch, q_len, "T")
+    check_per_token("kv_positions", kv_positions, batch, kv_len, "S")
+
+    def pos(x, length):
+        if x is None:
+            return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+        return x.astype(jnp.int32)
+
+    def seg(x):
+        return None if x is None else x.astype(jnp.int32)
+
+    return Tokens(
+        pos(q_positions, q_len), pos(kv_positions, kv_len), seg(q_segment_ids), seg(kv_segment_ids)
+    )
 
 
 class Static(NamedTuple):
@@ -130,7 +152,7 @@ def _logits(q, k, qp_ref, kp_ref, qs_ref, ks_ref, st: Static, positional, segmen
     return s, visible
 
 
-def _specs_common(st: Static, n_groups, head_dim, q_map, kv_map, has_seg):
+def _specs_common(st: Static, head_dim, q_map, kv_map, has_seg):
     """BlockSpecs for q, k, v, positions and segment ids; maps return (b, head, q/kv block)."""
     bq, bk = st.block_q, st.block_kv
 
@@ -188,7 +210,7 @@ def forward(q, k, v, tokens: Tokens, sched: Schedule, st: Static):
     def kv_map(bi, ni, i, j, *refs):
         return bi, ni // g, sched.block(bi, ni // g, i, j, *refs[:n_sched])
 
-    in_specs, q4 = _specs_common(st, g, h, q_map, kv_map, has_seg)
+    in_specs, q4 = _specs_common(st, h, q_map, kv_map, has_seg)
     out_specs = [
         pl.BlockSpec((None, None, st.block_q, h), q4),
         pl.BlockSpec((None, None, st.block_q, 1), q4),
@@ -295,7 +317,7 @@ def backward_dq(q, k, v, do, lse, di, tokens: Tokens, sched: Schedule, st: Stati
     def kv_map(bi, ni, i, j, *refs):
         return bi, ni // g, sched.block(bi, ni // g, i, j, *refs[:n_sched])
 
-    in_specs, q4 = _specs_common(st, g, h, q_map, kv_map, has_seg)
+    in_specs, q4 = _specs_common(st, h, q_map, kv_map, has_seg)
     in_specs += [
         pl.BlockSpec((None, None, st.block_q, h), q4),  # do
         pl.BlockSpec((None, None, st.block_q, 1), q4),  # lse
@@ -369,7 +391,7 @@ def backward_dkv(q, k, v, do, lse, di, tokens: Tokens, sched: Schedule, st: Stat
     def kv_map(bi, ki, c, gi, j, *refs):
         return bi, ki, c
 
-    in_specs, q4 = _specs_common(st, g, h, q_map, kv_map, has_seg)
+    in_specs, q4 = _specs_common(st, h, q_map, kv_map, has_seg)
 
     def kv4(bi, ki, c, gi, j, *refs):
         return bi, ki, c, 0

@@ -21,8 +21,13 @@ import jax
 import jax.numpy as jnp
 
 from kernels_pallas import engine
-from kernels_pallas.common import NUM_LANES, NUM_SUBLANES, check_block, check_per_token, check_qkv
-from kernels_pallas.common import resolve_interpret
+from kernels_pallas.common import (
+    NUM_LANES,
+    NUM_SUBLANES,
+    check_block,
+    check_qkv,
+    resolve_interpret,
+)
 from kernels_pallas.mask import EMPTY, PositionalMask, segment_tile_kind
 
 _DEFAULT_BLOCK = 512
@@ -214,33 +219,16 @@ def flash_attention(
       ``logsumexp_s(scale * q.k_s)`` over visible keys, ``-inf`` for rows with none (their output
       is 0). Differentiable w.r.t. q, k, v through both outputs.
     """
-    b, n, kh, t, s, h = check_qkv(q, k, v)
-    if (q_segment_ids is None) != (kv_segment_ids is None):
-        raise ValueError("q_segment_ids and kv_segment_ids: pass both or neither")
-    check_per_token("q_segment_ids", q_segment_ids, b, t, "T")
-    check_per_token("kv_segment_ids", kv_segment_ids, b, s, "S")
-    check_per_token("q_positions", q_positions, b, t, "T")
-    check_per_token("kv_positions", kv_positions, b, s, "S")
+    b, _, _, t, s, h = check_qkv(q, k, v)
+    tokens = engine.make_tokens(b, t, s, q_segment_ids, kv_segment_ids, q_positions, kv_positions)
     block_sizes = BlockSizes.for_shape(t, s) if block_sizes is None else block_sizes
     if not isinstance(block_sizes, BlockSizes):
         raise ValueError(f"block_sizes = {block_sizes!r}: must be a flash.BlockSizes")
     block_sizes.validate(t, s)
     if tile_probe is not None and resolve_interpret(interpret) is False:
         raise ValueError("tile_probe needs interpret mode (host callbacks do not run on TPU)")
-    tokens = engine.Tokens(
-        q_pos=_positions(q_positions, b, t),
-        kv_pos=_positions(kv_positions, b, s),
-        q_seg=None if q_segment_ids is None else q_segment_ids.astype(jnp.int32),
-        kv_seg=None if kv_segment_ids is None else kv_segment_ids.astype(jnp.int32),
-    )
     scale = float(h**-0.5 if scale is None else scale)
     out, lse = _flash_attention(
         q, k, v, tokens, PositionalMask(causal=causal), scale, block_sizes, (interpret, tile_probe)
     )
     return (out, lse) if return_lse else out
-
-
-def _positions(pos, batch, length):
-    if pos is None:
-        return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-    return pos.astype(jnp.int32)
