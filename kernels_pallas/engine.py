@@ -51,7 +51,8 @@ class Schedule(NamedTuple):
       width: number of steps per row (the last grid dimension).
       block: the block index to load at a step. For empty steps it must name a block that is
         already resident (the previous or next visited block), so no DMA is issued.
-      kind: EMPTY, PARTIAL or FULL for the tile at a step.
+      kind: EMPTY, PARTIAL or FULL for the tile at a step; EMPTY wherever ``block`` re-names a
+        resident block instead of the step's own tile.
     """
 
     prefetch: tuple[jax.Array, ...]

@@ -19,6 +19,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from kernels_pallas import engine
 from kernels_pallas.common import (
@@ -99,13 +100,27 @@ def _tile_kinds(mask, tokens, block_q, block_kv):
 
 
 def _visit_range(kinds):
-    """First and last non-empty step per row of ``kinds [B, rows, steps]``, flattened [B*rows*2]."""
+    """First and last non-empty step per row of ``kinds [B, rows, steps]``, flattened [B*rows*2].
+
+    A row with nothing to compute gets the first block of the next row that has work (a useful
+    prefetch) or, after the last such row, the last block of the previous one (still resident).
+    """
     nonempty = kinds != EMPTY
-    steps = kinds.shape[-1]
+    steps, rows = kinds.shape[-1], kinds.shape[-2]
     first = jnp.argmax(nonempty, axis=-1)
     last = steps - 1 - jnp.argmax(nonempty[..., ::-1], axis=-1)
-    last = jnp.where(nonempty.any(-1), last, first)
-    return jnp.stack([first, last], -1).reshape(-1).astype(jnp.int32)
+    busy = nonempty.any(-1)  # [B, rows]
+    idx = jnp.arange(rows)
+    next_busy = lax.cummin(jnp.where(busy, idx, rows), axis=1, reverse=True)
+    prev_busy = lax.cummax(jnp.where(busy, idx, -1), axis=1)
+    take = lambda x, r: jnp.take_along_axis(x, jnp.clip(r, 0, rows - 1), axis=1)  # noqa: E731
+    fill = jnp.where(
+        next_busy < rows,
+        take(first, next_busy),
+        jnp.where(prev_busy >= 0, take(last, prev_busy), 0),
+    )
+    lo, hi = jnp.where(busy, first, fill), jnp.where(busy, last, fill)
+    return jnp.stack([lo, hi], -1).reshape(-1).astype(jnp.int32)
 
 
 def flash_schedules(mask: PositionalMask, tokens: engine.Tokens, block_q: int, block_kv: int):
@@ -122,17 +137,25 @@ def flash_schedules(mask: PositionalMask, tokens: engine.Tokens, block_q: int, b
     def clamp(step, rng_ref, base):
         return jnp.clip(step, rng_ref[base], rng_ref[base + 1])
 
+    def visited(step, rng_ref, base, kind):
+        # Steps outside the visited range re-load a neighbouring block: never compute them.
+        return jnp.where(clamp(step, rng_ref, base) == step, kind, EMPTY)
+
     rows = engine.Schedule(
         prefetch=(bounds_q, bounds_k, _visit_range(kinds)),
         width=nk,
         block=lambda b, kh, i, j, bq_ref, bk_ref, rng: clamp(j, rng, (b * nq + i) * 2),
-        kind=lambda b, kh, i, j, bq_ref, bk_ref, rng: kind_at(b, i, j, bq_ref, bk_ref),
+        kind=lambda b, kh, i, j, bq_ref, bk_ref, rng: visited(
+            j, rng, (b * nq + i) * 2, kind_at(b, i, j, bq_ref, bk_ref)
+        ),
     )
     cols = engine.Schedule(
         prefetch=(bounds_q, bounds_k, _visit_range(jnp.swapaxes(kinds, 1, 2))),
         width=nq,
         block=lambda b, kh, c, j, bq_ref, bk_ref, rng: clamp(j, rng, (b * nk + c) * 2),
-        kind=lambda b, kh, c, j, bq_ref, bk_ref, rng: kind_at(b, j, c, bq_ref, bk_ref),
+        kind=lambda b, kh, c, j, bq_ref, bk_ref, rng: visited(
+            j, rng, (b * nk + c) * 2, kind_at(b, j, c, bq_ref, bk_ref)
+        ),
     )
     return rows, cols
 
