@@ -209,7 +209,8 @@ def forward(q, k, v, tokens: Tokens, sched: Schedule, st: Static):
         return bi, ni, i
 
     def kv_map(bi, ni, i, j, *refs):
-        return bi, ni // g, sched.block(bi, ni // g, i, j, *refs[:n_sched])
+        kh = lax.div(ni, g)
+        return bi, kh, sched.block(bi, kh, i, j, *refs[:n_sched])
 
     in_specs, q4 = _specs_common(st, h, q_map, kv_map, has_seg)
     out_specs = [
@@ -253,7 +254,7 @@ def _fwd_kernel(*refs, sched, st, n_pre, g, nq, nk, has_seg):
     qs_ref, ks_ref = (refs.pop(0), refs.pop(0)) if has_seg else (None, None)
     o_ref, lse_ref, m_sc, l_sc, acc_sc = refs
     bi, ni, i, j = (pl.program_id(a) for a in range(4))
-    kh = ni // g
+    kh = lax.div(ni, g)
 
     @pl.when(j == 0)
     def _init():
@@ -316,7 +317,8 @@ def backward_dq(q, k, v, do, lse, di, tokens: Tokens, sched: Schedule, st: Stati
         return bi, ni, i
 
     def kv_map(bi, ni, i, j, *refs):
-        return bi, ni // g, sched.block(bi, ni // g, i, j, *refs[:n_sched])
+        kh = lax.div(ni, g)
+        return bi, kh, sched.block(bi, kh, i, j, *refs[:n_sched])
 
     in_specs, q4 = _specs_common(st, h, q_map, kv_map, has_seg)
     in_specs += [
@@ -351,7 +353,7 @@ def _dq_kernel(*refs, sched, st, n_pre, g, nq, nk, has_seg):
     qs_ref, ks_ref = (refs.pop(0), refs.pop(0)) if has_seg else (None, None)
     do_ref, lse_ref, di_ref, dq_ref, dq_sc = refs
     bi, ni, i, j = (pl.program_id(a) for a in range(4))
-    kh = ni // g
+    kh = lax.div(ni, g)
 
     @pl.when(j == 0)
     def _init():
