@@ -177,9 +177,7 @@ def _fwd(q, k, v, tokens, mask, scale, block_sizes, options):
     return (out, lse), (q, k, v, tokens, out, lse)
 
 
-def _bwd(mask, scale, block_sizes, options, res, cotangents):
-    q, k, v, tokens, out, lse = res
-    d_out, d_lse = cotangents
+def _backward(q, k, v, tokens, out, lse, d_out, d_lse, mask, scale, block_sizes, options):
     # d lse_i / d s_ij = p_ij, so an lse cotangent enters ds = p * (dp - di) through di.
     di = jnp.sum(out.astype(jnp.float32) * d_out.astype(jnp.float32), axis=-1) - d_lse
     d_out = d_out.astype(q.dtype)
@@ -192,10 +190,30 @@ def _bwd(mask, scale, block_sizes, options, res, cotangents):
     dk, dv = engine.backward_dkv(
         q, k, v, d_out, lse, di, tokens, cols, _static(mask, scale, pairs["dkv"], options)
     )
+    return dq, dk, dv
+
+
+def _bwd(mask, scale, block_sizes, options, res, cotangents):
+    q, k, v, tokens, out, lse = res
+    d_out, d_lse = cotangents
+    dq, dk, dv = _backward(
+        q, k, v, tokens, out, lse, d_out, d_lse, mask, scale, block_sizes, options
+    )
     return dq, dk, dv, None
 
 
 _flash_attention.defvjp(_fwd, _bwd)
+
+
+def _prepare(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, blocks):
+    """Validates the public arguments; returns (tokens, block sizes, scale)."""
+    b, _, _, t, s, h = check_qkv(q, k, v)
+    tokens = engine.make_tokens(b, t, s, q_segment_ids, kv_segment_ids, q_positions, kv_positions)
+    blocks = BlockSizes.for_shape(t, s) if blocks is None else blocks
+    if not isinstance(blocks, BlockSizes):
+        raise ValueError(f"block_sizes = {blocks!r}: must be a flash.BlockSizes")
+    blocks.validate(t, s)
+    return tokens, blocks, float(h**-0.5 if scale is None else scale)
 
 
 @functools.partial(
@@ -242,16 +260,61 @@ def flash_attention(
       ``logsumexp_s(scale * q.k_s)`` over visible keys, ``-inf`` for rows with none (their output
       is 0). Differentiable w.r.t. q, k, v through both outputs.
     """
-    b, _, _, t, s, h = check_qkv(q, k, v)
-    tokens = engine.make_tokens(b, t, s, q_segment_ids, kv_segment_ids, q_positions, kv_positions)
-    block_sizes = BlockSizes.for_shape(t, s) if block_sizes is None else block_sizes
-    if not isinstance(block_sizes, BlockSizes):
-        raise ValueError(f"block_sizes = {block_sizes!r}: must be a flash.BlockSizes")
-    block_sizes.validate(t, s)
+    tokens, block_sizes, scale = _prepare(
+        q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, block_sizes
+    )
     if tile_probe is not None and resolve_interpret(interpret) is False:
         raise ValueError("tile_probe needs interpret mode (host callbacks do not run on TPU)")
-    scale = float(h**-0.5 if scale is None else scale)
     out, lse = _flash_attention(
         q, k, v, tokens, PositionalMask(causal=causal), scale, block_sizes, (interpret, tile_probe)
     )
     return (out, lse) if return_lse else out
+
+
+@functools.partial(jax.jit, static_argnames=("causal", "scale", "block_sizes", "interpret"))
+def flash_attention_bwd(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    out: jax.Array,
+    lse: jax.Array,
+    d_out: jax.Array,
+    q_segment_ids: jax.Array | None = None,
+    kv_segment_ids: jax.Array | None = None,
+    q_positions: jax.Array | None = None,
+    kv_positions: jax.Array | None = None,
+    *,
+    d_lse: jax.Array | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+    block_sizes: BlockSizes | None = None,
+    interpret=None,
+):
+    """The backward kernels alone, for callers that combine several attention calls.
+
+    With ``out`` and ``lse`` of the *combined* attention (e.g. merged over ring steps) and k, v
+    one shard of the keys, this returns that shard's exact contribution: dq summed over shards
+    and dk, dv per shard give the full gradients (the ring-attention backward). With this call's
+    own ``out`` and ``lse`` it equals the VJP of ``flash_attention``.
+
+    Args:
+      q, k, v, segment ids, positions, causal, scale, block_sizes, interpret: as in
+        ``flash_attention``.
+      out: ``[B, N, T, H]`` attention output; lse: ``[B, N, T]`` its log-sum-exp.
+      d_out: ``[B, N, T, H]`` output cotangent; d_lse: optional ``[B, N, T]`` lse cotangent.
+
+    Returns:
+      ``(dq [B,N,T,H], dk [B,K,S,H], dv [B,K,S,H])`` in the input dtypes.
+    """
+    tokens, block_sizes, scale = _prepare(
+        q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, block_sizes
+    )
+    if out.shape != q.shape or d_out.shape != q.shape or lse.shape != q.shape[:3]:
+        raise ValueError(
+            f"out, d_out must be [B,N,T,H] = {q.shape} and lse [B,N,T]; got {out.shape}, "
+            f"{d_out.shape}, {lse.shape}"
+        )
+    d_lse = jnp.zeros(lse.shape, jnp.float32) if d_lse is None else d_lse
+    mask = PositionalMask(causal=causal)
+    options = (interpret, None)
+    return _backward(q, k, v, tokens, out, lse, d_out, d_lse, mask, scale, block_sizes, options)

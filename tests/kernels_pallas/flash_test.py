@@ -18,7 +18,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from kernels_pallas import engine
-from kernels_pallas.flash import BlockSizes, flash_attention, mha_reference
+from kernels_pallas.flash import BlockSizes, flash_attention, flash_attention_bwd, mha_reference
 from kernels_pallas.flash.kernel import flash_schedules
 from kernels_pallas.flash.reference import token_visibility
 from kernels_pallas.mask import EMPTY, PositionalMask
@@ -158,6 +158,37 @@ class TestFlash:
         kv_pos = jnp.arange(c, 3 * c)[None]
         self.check(
             1, 2, 2, 2 * c, 2 * c, 32, causal=True, blocks=BlockSizes(c, c), pos=(q_pos, kv_pos)
+        )
+
+    def test_ring_shards_merge_and_backward_with_global_residuals(self):
+        # Ring attention's use: keys in two shards, per-shard (out, lse) merged by lse, and the
+        # backward run per shard with the merged out / lse gives the full gradients.
+        b, n, t, h, c = 1, 2, 256, 32, 128
+        q, k, v, d_out, _ = _inputs(b, n, 1, t, t, h)
+        pos = jnp.broadcast_to(jnp.arange(t), (b, t))
+        kw = dict(causal=True, block_sizes=BlockSizes(c, c), interpret=self.interpret())
+        shards = [(k[:, :, i : i + c], v[:, :, i : i + c], pos[:, i : i + c]) for i in (0, c)]
+        parts = [
+            flash_attention(q, ks, vs, None, None, pos, ps, return_lse=True, **kw)
+            for ks, vs, ps in shards
+        ]
+        lse = jnp.logaddexp(parts[0][1], parts[1][1])
+        out = sum(jnp.exp(l - lse)[..., None] * o for o, l in parts)
+        r_out, r_lse, r_grads = _vjp(
+            functools.partial(mha_reference, causal=True, return_lse=True), q, k, v, d_out, 0 * lse
+        )
+        _assert_close(out, r_out, TOL[jnp.float32]["out"])
+        _assert_close(lse, r_lse, TOL[jnp.float32]["out"])
+        grads = [
+            flash_attention_bwd(q, ks, vs, out, lse, d_out, None, None, pos, ps, **kw)
+            for ks, vs, ps in shards
+        ]
+        _assert_close(grads[0][0] + grads[1][0], r_grads[0], TOL[jnp.float32]["grad"])
+        _assert_close(
+            jnp.concatenate([g[1] for g in grads], 2), r_grads[1], TOL[jnp.float32]["grad"]
+        )
+        _assert_close(
+            jnp.concatenate([g[2] for g in grads], 2), r_grads[2], TOL[jnp.float32]["grad"]
         )
 
     @pytest.mark.slow

@@ -18,7 +18,6 @@ from kernels_pallas.block_sparse import block_lists_from_mask, block_sparse_atte
 from kernels_pallas.flash import BlockSizes, flash_attention
 from kernels_pallas.mask import PositionalMask
 
-
 # Lowering consults the target chip (e.g. for integer division); name one, as no TPU is attached.
 _TPU_V5E = AbstractMesh(
     (1,),
