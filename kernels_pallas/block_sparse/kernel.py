@@ -5,7 +5,9 @@ Public wrapper ``block_sparse_attention`` -> ``custom_vjp`` -> the forward / dq 
 prefetch, the grid's last dimension walks a list, and padding steps past a row's count re-name
 the last listed block (resident, so no DMA) and skip compute. ``PARTIAL`` entries evaluate the
 positional mask on explicit positions inside the tile; ``FULL`` entries are taken as entirely
-visible. Segment ids (0 = padding) are always applied.
+visible. Segment ids (0 = padding) are always applied; listed tiles they rule out entirely (by
+per-block id summaries) are not computed, though still fetched: callers that know segments on the
+host can drop such entries from the lists.
 """
 
 from __future__ import annotations
