@@ -83,12 +83,14 @@ def blockwise_attention(
     logits_fn,
     scale,
     return_lse,
-    block_q: int = 512,
-    block_kv: int = 512,
+    block_q: int = 128,
+    block_kv: int = 128,
 ):
     """Tiled attention; arguments as ``core.attend`` plus tile lengths ``block_q, block_kv``.
 
     Blocks longer than the sequence shrink to it (decoding a single query uses ``Cq = 1``).
+    The default 128 was the fastest of 64..1024 for causal fwd+bwd at T = 4096, N = 8, H = 64
+    on a 2-core CPU (``experiments/bench_attention.py``); accelerators want larger tiles.
     Returns ``(out, lse or None)``.
     """
     for name, value in (("block_q", block_q), ("block_kv", block_kv)):
