@@ -22,6 +22,7 @@ from typing import Any
 
 from ml_collections import ConfigDict, FieldReference
 
+from lcm.attention import ATTENTION
 from lcm.parallel import mesh as mesh_lib
 from lcm.parallel import sharding
 
@@ -192,6 +193,7 @@ def _check_model(c: _Checker) -> None:
     c.positive(p + "rope_scaling.factor")
 
     a = m + "attention."
+    c.one_of(a + "impl", tuple(ATTENTION.names()))
     c.one_of(a + "mask", MASKS)
     c.check(a + "window", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
     if c.get(a + "mask") in ("sliding_window", "chunked_causal"):

@@ -58,6 +58,10 @@ def test_every_config_validates(path):
             "config.model.positional.base = -1.0: must be a number > 0",
         ),
         (
+            {"model__attention__impl": "flash"},
+            "config.model.attention.impl = 'flash': allowed: 'blockwise', ",
+        ),
+        (
             {"model__attention__mask": "diagonal"},
             "config.model.attention.mask = 'diagonal': allowed: 'causal', 'sliding_window'",
         ),

@@ -51,10 +51,13 @@ class SoftCapAlibi:
         return logits - slopes[None, :, None, None] * distance[:, None]
 
 
+CAUSAL = masks.Causal()
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     name: str
-    mask: masks.Mask = masks.Causal()
+    mask: masks.Mask = CAUSAL
     t: int = 19
     s: int = 19
     n: int = 4
@@ -207,7 +210,9 @@ def test_lse_and_its_gradient_match_reference(case):
     np.testing.assert_array_equal(np.isneginf(lse_got), np.isneginf(lse_want))
     seen = np.isfinite(lse_want)
     _assert_close(lse_got[seen], lse_want[seen], 1e-5, "lse")
-    for name, g, w in zip(("out", "dq", "dk", "dv"), got[:1] + got[2:], want[:1] + want[2:]):
+    for name, g, w in zip(
+        ("out", "dq", "dk", "dv"), got[:1] + got[2:], want[:1] + want[2:], strict=True
+    ):
         _assert_close(g, w, 1e-5, name)
 
 

@@ -78,7 +78,7 @@ def test_xla_refuses_custom_logits_and_lse():
         "implementations that can: blockwise, reference",
     ):
         attention.attend(**{**_args(), "impl": "xla", "logits_fn": _Hook()})
-    with pytest.raises(ValueError, match="'xla' cannot serve .* lacks returns_lse"):
+    with pytest.raises(ValueError, match=r"'xla' cannot serve .* lacks returns_lse"):
         attention.attend(**{**_args(), "impl": "xla"}, return_lse=True)
 
 
