@@ -9,15 +9,17 @@ custom ``logits_fn`` hooks. Positions are passed as traced ``jit`` arguments, as
 import dataclasses
 import zlib
 
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
 
 from lcm import attention
 from lcm.attention import masks
 
-# Tolerance per input dtype, relative to the largest reference magnitude of each compared array.
+# Tolerance per input dtype, relative to max(largest reference magnitude, 1) per compared array.
 TOL = {jnp.float32: 1e-5, jnp.bfloat16: 3e-2}
 IMPLS = ("xla", "blockwise")
 BLOCKS = {"block_q": 8, "block_kv": 4}  # tiny tiles, so every case spans several
@@ -84,6 +86,7 @@ CASES = [
     Case("longer_queries", masks.Full(), t=23, s=9),
     Case("permuted", positions="permuted"),
     Case("packed", segments="packed"),
+    Case("packed_full", masks.Full(), segments="packed"),
     Case("packed_window_mqa", masks.SlidingWindow(3), k=1, segments="packed"),
     Case("unmatched_rows", segments="unmatched"),
     Case("bf16", dtype=jnp.bfloat16, segments="packed"),
@@ -149,7 +152,9 @@ def _run(impl, case, q, k, v, ct, q_pos, k_pos, seg, **options):
 def _assert_close(got, want, tol, what):
     got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
     assert np.isfinite(got).all(), f"{what}: non-finite values"
-    scale = max(np.abs(want).max(), 1e-6)
+    # Inputs are unit normal, so 1 is the size of the terms that cancel in a near-zero result
+    # (a row that sees one key has dq = 0 up to rounding of O(1) products).
+    scale = max(np.abs(want).max(), 1.0)
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale, err_msg=what)
 
 
@@ -179,7 +184,10 @@ def test_rows_without_keys_are_zero_with_zero_gradients():
         np.testing.assert_array_equal(np.asarray(dq[:, 8:15]), 0.0, err_msg=impl)
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[14], CASES[16], CASES[18]], ids=lambda c: c.name)
+LSE_CASES = [c for c in CASES if c.name in ("causal", "permuted", "unmatched_rows", "logits_fn")]
+
+
+@pytest.mark.parametrize("case", LSE_CASES, ids=lambda c: c.name)
 def test_lse_and_its_gradient_match_reference(case):
     q, k, v, ct, q_pos, k_pos, seg = _inputs(case)
     ct_lse = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape[:3]), jnp.float32)
@@ -234,5 +242,21 @@ def test_blockwise_larger_shapes():
     q, k, v, ct, q_pos, k_pos, seg = _inputs(case, batch=1)
     want = _run("reference", case, q, k, v, ct, q_pos, k_pos, seg)
     got = _run("blockwise", case, q, k, v, ct, q_pos, k_pos, seg, block_q=128, block_kv=64)
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
+        _assert_close(g, w, 1e-5, name)
+
+
+@settings(max_examples=6)
+@given(seed=st.integers(0, 2**31), mask=st.sampled_from(CASES[:8]).map(lambda c: c.mask))
+def test_blockwise_random_positions_and_segments(seed, mask):
+    # Arbitrary positions (duplicates, gaps, any order) and segment ids with padding: tiles are
+    # classified from loose position boxes, which must stay safe.
+    rng = np.random.default_rng(seed)
+    case = Case("random", mask, t=13, s=17)
+    q, k, v, ct, _, _, _ = _inputs(case)
+    q_pos, k_pos = (jnp.asarray(rng.integers(0, 40, (2, n)), jnp.int32) for n in (13, 17))
+    seg = tuple(jnp.asarray(rng.integers(0, 3, (2, n)), jnp.int32) for n in (13, 17))
+    want = _run("reference", case, q, k, v, ct, q_pos, k_pos, seg)
+    got = _run("blockwise", case, q, k, v, ct, q_pos, k_pos, seg, **BLOCKS)
     for name, g, w in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
         _assert_close(g, w, 1e-5, name)
