@@ -260,3 +260,59 @@ def test_blockwise_random_positions_and_segments(seed, mask):
     got = _run("blockwise", case, q, k, v, ct, q_pos, k_pos, seg, **BLOCKS)
     for name, g, w in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
         _assert_close(g, w, 1e-5, name)
+
+
+_VISITS = []  # (first query position, first key position, what) per executed tile
+
+
+def _record(what):
+    def callback(q_pos, k_pos):
+        _VISITS.append((int(q_pos[0, 0]), int(k_pos[0, 0]), what))
+
+    return callback
+
+
+@dataclasses.dataclass(frozen=True)
+class CountingLogits(SoftCapAlibi):
+    """Plain logits (slope 0) that record every tile they are computed for."""
+
+    slope: float = 0.0
+
+    def __call__(self, q, k, q_pos, k_pos, *, scale):
+        jax.debug.callback(_record("logits"), q_pos, k_pos)
+        return super().__call__(q, k, q_pos, k_pos, scale=scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class CountingCausal(masks.Causal):
+    """Causal mask that records every dense evaluation."""
+
+    def visible(self, q, k):
+        jax.debug.callback(_record("mask"), q[..., 0], k[..., 0, :])
+        return super().visible(q, k)
+
+
+def test_blockwise_skips_empty_tiles_and_full_tiles_skip_the_mask():
+    # 4 query blocks x 4 key blocks of 8, causal: 6 full tiles below the diagonal, 4 partial
+    # on it, 6 empty above it.
+    pos = jnp.arange(32, dtype=jnp.int32)[None]
+    q = k = v = jnp.ones((1, 32, 1, 4))
+    _VISITS.clear()
+    out = attention.attend(
+        q,
+        k,
+        v,
+        mask=CountingCausal(),
+        impl="blockwise",
+        q_pos=pos,
+        k_pos=pos,
+        logits_fn=CountingLogits(),
+        block_q=8,
+        block_kv=8,
+    )
+    jax.block_until_ready(out)
+    jax.effects_barrier()
+    logits = sorted((q0, k0) for q0, k0, what in _VISITS if what == "logits")
+    masked = sorted((q0, k0) for q0, k0, what in _VISITS if what == "mask")
+    assert logits == [(i, j) for i in range(0, 32, 8) for j in range(0, i + 1, 8)]
+    assert masked == [(i, i) for i in range(0, 32, 8)]
