@@ -5,7 +5,10 @@ FULL must be all visible, EMPTY must be all hidden, and with contiguous position
 must classify exactly (PARTIAL only when the tile really is mixed).
 """
 
+import functools
+
 import hypothesis.strategies as st
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -116,14 +119,18 @@ def _dense_tiles(dense, cq, ck):
     return dense.reshape(b, t // cq, cq, s // ck, ck).transpose(0, 1, 3, 2, 4)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _classify(mask, cq, ck, q_pos, k_pos, q_seg, k_seg):
+    # One compile per example instead of one per eager op and shape.
+    return tiles.classify_tiles(
+        mask, tiles.block_ranges(q_pos, q_seg, cq), tiles.block_ranges(k_pos, k_seg, ck)
+    )
+
+
 @given(tile_cases())
 def test_tile_classes_agree_with_dense_mask(case):
     mask, cq, ck, layout, q_pos, k_pos, q_seg, k_seg = case
-    classes = np.asarray(
-        tiles.classify_tiles(
-            mask, tiles.block_ranges(q_pos, q_seg, cq), tiles.block_ranges(k_pos, k_seg, ck)
-        )
-    )
+    classes = np.asarray(_classify(mask, cq, ck, q_pos, k_pos, q_seg, k_seg))
     dense = np.asarray(masks.visibility(mask, q_pos, k_pos, q_seg, k_seg))
     blocks = _dense_tiles(dense, cq, ck)
     assert blocks[classes == FULL].all()
