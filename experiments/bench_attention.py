@@ -2,10 +2,9 @@ r"""Benchmark: blockwise vs xla attention, forward and forward+backward time and
 
 Prints one JSON line per (impl, T, mask): ``fwd_s`` and ``fwd_bwd_s`` are median wall seconds
 over ``reps`` runs of the compiled ``jit`` (compilation excluded; one run at T >= 100k, where a
-run takes minutes), ``fwd_bwd_s`` timing ``value_and_grad`` w.r.t. q, k, v.
-Each case runs in its own subprocess so that its peak
-resident memory (``ru_maxrss``: the high-water mark of the whole process, compilation included)
-belongs to that case alone; ``base_rss_gib`` is the RSS after jax started and the inputs were
+run takes minutes), ``fwd_bwd_s`` timing ``value_and_grad`` w.r.t. q, k, v. Each case runs in
+its own subprocess so that its peak resident memory (``ru_maxrss``: the high-water mark of the
+whole process, compilation included) belongs to that case alone; ``base_rss_gib`` is the RSS after jax started and the inputs were
 made, so ``peak_rss_gib - base_rss_gib`` is what attention itself added. jax's CPU client
 reports no ``memory_stats()``, which is why RSS is used.
 
@@ -16,7 +15,7 @@ blockwise visits, for the cost-follows-tiles check). Cases xla cannot fit (dense
 1-minute load average when the case started.
 
     python experiments/bench_attention.py
-    python experiments/bench_attention.py --lengths 4096 --impls blockwise --block 256 512
+    python experiments/bench_attention.py --lengths 4096 --windows 0 --impls blockwise --block 256
 """
 
 from __future__ import annotations
