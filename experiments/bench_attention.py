@@ -4,9 +4,10 @@ Prints one JSON line per (impl, T, mask): ``fwd_s`` and ``fwd_bwd_s`` are median
 over ``reps`` runs of the compiled ``jit`` (compilation excluded; one run at T >= 100k, where a
 run takes minutes), ``fwd_bwd_s`` timing ``value_and_grad`` w.r.t. q, k, v. Each case runs in
 its own subprocess so that its peak resident memory (``ru_maxrss``: the high-water mark of the
-whole process, compilation included) belongs to that case alone; ``base_rss_gib`` is the RSS after jax started and the inputs were
-made, so ``peak_rss_gib - base_rss_gib`` is what attention itself added. jax's CPU client
-reports no ``memory_stats()``, which is why RSS is used.
+whole process, compilation included) belongs to that case alone; ``base_rss_gib`` is the RSS
+after jax started and the inputs were made, so ``peak_rss_gib - base_rss_gib`` is what
+attention itself added. jax's CPU client reports no ``memory_stats()``, which is why RSS is
+used.
 
 Defaults are the issue's targets: B=1, N=K=8, H=64, float32, causal at T = 4096, 32768,
 131072, and a sliding window of 1024 at T = 32768 (the ``tiles`` field counts the tiles
