@@ -25,6 +25,10 @@ delta)`` with ``delta = rowsum(do * o) - dlse`` (the ``dlse`` term makes the ret
 differentiable too), then the vjp gives the tile's ``dq`` and ``dk``. dq accumulates in the
 loop carry, dk and dv in float32 buffers updated in place.
 
+Differentiation is first-order reverse mode (``jax.grad``, ``jax.vjp``), which is what training
+needs; ``jax.jvp`` and gradients of gradients are not available through the ``custom_vjp``
+(use ``reference`` or ``xla`` for those).
+
 Rows that see no key have ``l = 0``: their output is 0 and their lse ``-inf``, and every
 exponent uses a finite stand-in for ``-inf`` maxima, so no NaN reaches outputs or gradients.
 Lengths that are not multiples of the block size are padded with segment id 0 (padding), which
