@@ -73,7 +73,7 @@ def get_config() -> ConfigDict:
 
     # Attention: a registered implementation plus its options (lcm.attention).
     config.model.attention = ConfigDict()
-    config.model.attention.impl = "blockwise"  # reference | xla | blockwise | ring | pallas
+    config.model.attention.impl = "blockwise"  # registered in lcm.attention.ATTENTION: xla, ...
     config.model.attention.mask = "causal"  # causal | sliding_window | chunked_causal | full
     config.model.attention.window = 0  # sliding window (left) size; 0 = unused
     config.model.attention.block_q = 128  # query tile length (blockwise / pallas)

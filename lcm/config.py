@@ -23,6 +23,7 @@ from typing import Any
 
 from ml_collections import ConfigDict, FieldReference
 
+from lcm.attention import ATTENTION
 from lcm.data.corpora import CORPORA
 from lcm.data.packing import PACKINGS
 from lcm.data.tokenizers import BYTE_VOCAB_SIZE
@@ -191,6 +192,7 @@ def _check_model(c: _Checker) -> None:
     _check_positional(c)
 
     a = m + "attention."
+    c.one_of(a + "impl", tuple(ATTENTION.names()))
     c.one_of(a + "mask", MASKS)
     c.check(a + "window", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
     if c.get(a + "mask") in ("sliding_window", "chunked_causal"):

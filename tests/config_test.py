@@ -160,6 +160,10 @@ def test_every_config_validates(path):
             "'diag'; allowed: causal, sliding_window, chunked_causal, full",
         ),
         (
+            {"model__attention__impl": "flash"},
+            "config.model.attention.impl = 'flash': allowed: 'blockwise', ",
+        ),
+        (
             {"model__attention__mask": "diagonal"},
             "config.model.attention.mask = 'diagonal': allowed: 'causal', 'sliding_window'",
         ),

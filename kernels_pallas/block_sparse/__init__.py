@@ -1,0 +1,9 @@
+"""Block-sparse attention driven by per-q-block kv block lists (TPU Mosaic; interpret elsewhere)."""
+
+from kernels_pallas.block_sparse.block_lists import BlockLists as BlockLists
+from kernels_pallas.block_sparse.block_lists import block_lists_from_ids as block_lists_from_ids
+from kernels_pallas.block_sparse.block_lists import block_lists_from_mask as block_lists_from_mask
+from kernels_pallas.block_sparse.block_lists import dense_tile_kinds as dense_tile_kinds
+from kernels_pallas.block_sparse.block_lists import mask_tile_kinds as mask_tile_kinds
+from kernels_pallas.block_sparse.kernel import block_sparse_attention as block_sparse_attention
+from kernels_pallas.block_sparse.reference import block_sparse_reference as block_sparse_reference

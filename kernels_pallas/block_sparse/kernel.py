@@ -1,0 +1,159 @@
+"""Block-sparse attention for TPU: every q block visits only the kv blocks in its list.
+
+Public wrapper ``block_sparse_attention`` -> ``custom_vjp`` -> the forward / dq / dkv kernels of
+``kernels_pallas.engine`` driven by list schedules: the lists (``BlockLists``) travel by scalar
+prefetch, the grid's last dimension walks a list, and padding steps past a row's count re-name
+the last listed block (resident, so no DMA) and skip compute. ``PARTIAL`` entries evaluate the
+positional mask on explicit positions inside the tile; ``FULL`` entries are taken as entirely
+visible. Segment ids (0 = padding) are always applied; listed tiles they rule out entirely (by
+per-block id summaries) are not computed, though still fetched: callers that know segments on the
+host can drop such entries from the lists.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from kernels_pallas import engine
+from kernels_pallas.block_sparse.block_lists import BlockLists
+from kernels_pallas.common import (
+    NUM_LANES,
+    NUM_SUBLANES,
+    check_block,
+    check_qkv,
+    resolve_interpret,
+)
+from kernels_pallas.mask import EMPTY, PositionalMask
+
+
+def list_schedule(ids, kinds, counts) -> engine.Schedule:
+    """Schedule walking ``ids [Bl, Kl, rows, W]`` (kinds alike, counts ``[Bl, Kl, rows]``)."""
+    n_b, n_k, rows, width = ids.shape
+
+    def row_base(b, kh, r):
+        # Lists shared across batch / heads have a leading dim of 1.
+        b = b if n_b > 1 else 0
+        kh = kh if n_k > 1 else 0
+        return (b * n_k + kh) * rows + r
+
+    def block(b, kh, r, j, ids_ref, kinds_ref, counts_ref):
+        row = row_base(b, kh, r)
+        last = jnp.maximum(counts_ref[row] - 1, 0)
+        return ids_ref[row * width + jnp.minimum(j, last)]
+
+    def kind(b, kh, r, j, ids_ref, kinds_ref, counts_ref):
+        row = row_base(b, kh, r)
+        return jnp.where(j < counts_ref[row], kinds_ref[row * width + j], EMPTY)
+
+    flat = tuple(x.reshape(-1).astype(jnp.int32) for x in (ids, kinds, counts))
+    return engine.Schedule(prefetch=flat, width=width, block=block, kind=kind)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _block_sparse(q, k, v, tokens, lists, mask, scale, options):
+    return _fwd(q, k, v, tokens, lists, mask, scale, options)[0]
+
+
+def _static(mask, scale, lists, options):
+    interpret, probe = options
+    return engine.Static(
+        mask, scale, lists.block_q, lists.block_kv, resolve_interpret(interpret), probe
+    )
+
+
+def _fwd(q, k, v, tokens, lists, mask, scale, options):
+    rows = list_schedule(lists.kv_ids, lists.kv_kinds, lists.kv_counts)
+    st = _static(mask, scale, lists, options)
+    out, lse = engine.forward(q, k, v, tokens, rows, st)
+    return (out, lse), (q, k, v, tokens, lists, out, lse)
+
+
+def _bwd(mask, scale, options, res, cotangents):
+    q, k, v, tokens, lists, out, lse = res
+    d_out, d_lse = cotangents
+    di = jnp.sum(out.astype(jnp.float32) * d_out.astype(jnp.float32), axis=-1) - d_lse
+    d_out = d_out.astype(q.dtype)
+    st = _static(mask, scale, lists, options)
+    rows = list_schedule(lists.kv_ids, lists.kv_kinds, lists.kv_counts)
+    dq = engine.backward_dq(q, k, v, d_out, lse, di, tokens, rows, st)
+    cols = list_schedule(lists.q_ids, lists.q_kinds, lists.q_counts)
+    dk, dv = engine.backward_dkv(q, k, v, d_out, lse, di, tokens, cols, st)
+    return dq, dk, dv, None, None
+
+
+_block_sparse.defvjp(_fwd, _bwd)
+
+
+def _check_lists(lists: BlockLists, b, kh, t, s):
+    if not isinstance(lists, BlockLists):
+        raise ValueError(f"lists = {type(lists).__name__}: must be a block_sparse.BlockLists")
+    check_block("lists.block_q", lists.block_q, "q length T", t, NUM_SUBLANES)
+    check_block("lists.block_kv", lists.block_kv, "kv length S", s, NUM_LANES)
+    nq, nk = t // lists.block_q, s // lists.block_kv
+    for name, rows in (("kv", nq), ("q", nk)):
+        ids, kinds, counts = (getattr(lists, f"{name}_{f}") for f in ("ids", "kinds", "counts"))
+        if ids.ndim != 4 or kinds.shape != ids.shape or counts.shape != ids.shape[:3]:
+            raise ValueError(
+                f"lists.{name}_ids / _kinds / _counts: expected [Bl, Kl, rows, W] twice and "
+                f"[Bl, Kl, rows]; got {ids.shape}, {kinds.shape}, {counts.shape}"
+            )
+        if ids.shape[0] not in (1, b) or ids.shape[1] not in (1, kh) or ids.shape[2] != rows:
+            raise ValueError(
+                f"lists.{name}_ids: shape {ids.shape} must be [1 or B={b}, 1 or K={kh}, {rows}, W]"
+            )
+
+
+@functools.partial(
+    jax.jit, static_argnames=("mask", "scale", "return_lse", "interpret", "tile_probe")
+)
+def block_sparse_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    lists: BlockLists,
+    q_segment_ids: jax.Array | None = None,
+    kv_segment_ids: jax.Array | None = None,
+    q_positions: jax.Array | None = None,
+    kv_positions: jax.Array | None = None,
+    *,
+    mask: PositionalMask,
+    scale: float | None = None,
+    return_lse: bool = False,
+    interpret=None,
+    tile_probe=None,
+):
+    """Attention restricted to listed tiles.
+
+    Key s is visible from query t when its tile is listed for t's q block (per batch entry and
+    kv head) and, for ``PARTIAL`` entries, ``mask.allows(q_pos, kv_pos)``; and, if segment ids
+    are given, both ids are equal and nonzero.
+
+    Args:
+      q: ``[B, N, T, H]``; k, v: ``[B, K, S, H]`` with ``N % K == 0`` (GQA: query head n uses
+        kv head ``n // (N // K)`` and the lists of that kv head).
+      lists: ``BlockLists`` (see ``block_lists.py``); its block sizes tile T and S.
+      q_segment_ids, kv_segment_ids: optional ``[B, T]`` / ``[B, S]`` (both or neither).
+      q_positions, kv_positions: optional ``[B, T]`` / ``[B, S]``, default ``arange``; the
+        positions ``mask`` is evaluated on in partial tiles.
+      mask: static ``PositionalMask`` for partial tiles (causal / window / chunk / sink).
+      scale: softmax scale (default ``H ** -0.5``).
+      return_lse: also return ``lse [B, N, T]`` f32 (``-inf`` for rows that see nothing).
+      interpret: None (auto), False, True (generic interpreter) or ``pltpu.InterpretParams``.
+      tile_probe: test hook as in ``flash_attention``.
+
+    Returns:
+      ``out [B, N, T, H]`` (zero for rows that see nothing), and ``lse`` if requested.
+    """
+    b, _, kh, t, s, h = check_qkv(q, k, v)
+    _check_lists(lists, b, kh, t, s)
+    tokens = engine.make_tokens(b, t, s, q_segment_ids, kv_segment_ids, q_positions, kv_positions)
+    if not isinstance(mask, PositionalMask):
+        raise ValueError(f"mask = {mask!r}: must be a PositionalMask")
+    if tile_probe is not None and resolve_interpret(interpret) is False:
+        raise ValueError("tile_probe needs interpret mode (host callbacks do not run on TPU)")
+    scale = float(h**-0.5 if scale is None else scale)
+    out, lse = _block_sparse(q, k, v, tokens, lists, mask, scale, (interpret, tile_probe))
+    return (out, lse) if return_lse else out

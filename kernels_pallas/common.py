@@ -1,0 +1,82 @@
+"""Helpers shared by the kernels: interpret-mode choice and input validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.experimental.pallas import tpu as pltpu
+
+# TPU vreg tiling: the last block dim is a multiple of 128 lanes, the one before of 8 sublanes
+# (or either equals the whole array dim).
+NUM_LANES = 128
+NUM_SUBLANES = 8
+
+
+def resolve_interpret(interpret: Any) -> Any:
+    """The ``interpret`` value handed to ``pallas_call``.
+
+    ``None`` (the default everywhere) picks from the backend when the kernel is traced:
+    compiled Mosaic on TPU, Pallas TPU interpret mode (``pltpu.InterpretParams()``, which
+    simulates VMEM, DMAs and semaphores on CPU) anywhere else. ``False`` forces compilation,
+    ``True`` forces jax's generic HLO interpreter, and a ``pltpu.InterpretParams`` instance forces
+    TPU interpret mode with those settings (e.g. ``detect_races=True``).
+    """
+    if interpret is None:
+        return False if jax.default_backend() == "tpu" else pltpu.InterpretParams()
+    if isinstance(interpret, bool | pltpu.InterpretParams):
+        return interpret
+    raise ValueError(
+        f"interpret = {interpret!r}: must be None (auto), False, True or pltpu.InterpretParams"
+    )
+
+
+def check_block(name: str, block: int, dim_name: str, dim: int, multiple: int) -> None:
+    """Raises unless ``block`` tiles ``dim`` and is TPU-legal (a multiple of ``multiple`` or
+    the whole dimension)."""
+    if not isinstance(block, int) or block < 1:
+        raise ValueError(f"{name} = {block!r}: must be a positive int")
+    if dim % block:
+        raise ValueError(f"{name} = {block} must divide {dim_name} = {dim}")
+    if block != dim and block % multiple:
+        raise ValueError(
+            f"{name} = {block}: must be a multiple of {multiple} (TPU tiling) or equal "
+            f"{dim_name} = {dim}"
+        )
+
+
+def check_qkv(q, k, v) -> tuple[int, int, int, int, int, int]:
+    """Validates the kernel layout ``q [B,N,T,H]``, ``k, v [B,K,S,H]``; returns B, N, K, T, S, H."""
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(
+            f"q, k, v must be rank 4 ([B,N,T,H], [B,K,S,H]); got shapes {q.shape}, {k.shape}, "
+            f"{v.shape}"
+        )
+    b, n, t, h = q.shape
+    if k.shape != v.shape:
+        raise ValueError(f"k and v shapes differ: {k.shape} vs {v.shape}")
+    bk, kh, s, hk = k.shape
+    if bk != b:
+        raise ValueError(f"batch: q has B = {b}, k/v have B = {bk}")
+    if hk != h:
+        raise ValueError(f"head dim: q has H = {h}, k/v have H = {hk}")
+    if n % kh:
+        raise ValueError(f"heads: N = {n} query heads must be a multiple of K = {kh} kv heads")
+    if h > NUM_LANES and h % NUM_LANES:
+        raise ValueError(f"head dim H = {h}: must be <= {NUM_LANES} or a multiple of it")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"dtypes differ: q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    return b, n, kh, t, s, h
+
+
+def check_per_token(name: str, x, batch: int, length: int, length_name: str) -> None:
+    """Validates an optional ``[B, length]`` integer array (positions or segment ids)."""
+    if x is None:
+        return
+    if x.shape != (batch, length):
+        raise ValueError(
+            f"{name}: expected shape [B, {length_name}] = {(batch, length)}, got {x.shape}"
+        )
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+        raise ValueError(f"{name}: expected an integer dtype, got {x.dtype}")

@@ -1,0 +1,6 @@
+"""Flash attention kernel (TPU Mosaic; Pallas TPU interpret mode elsewhere)."""
+
+from kernels_pallas.flash.kernel import BlockSizes as BlockSizes
+from kernels_pallas.flash.kernel import flash_attention as flash_attention
+from kernels_pallas.flash.kernel import flash_attention_bwd as flash_attention_bwd
+from kernels_pallas.flash.reference import mha_reference as mha_reference
