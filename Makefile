@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-WORKDIR ?= workdir/tiny
+WORKDIR ?= workdir/quickstart
 
 .PHONY: run test test-all lint format bench clean
 
@@ -22,8 +22,8 @@ $(STAMP): setup.cfg pyproject.toml | $(PY)
 	@touch $(STAMP)
 
 run: $(STAMP)
-	@echo ">> main job: validate configs/base.py, build the device mesh, run a sharded computation checked against numpy"
-	$(PY) -m lcm.main --config configs/base.py
+	@echo ">> main job: train configs/quickstart.py in $(WORKDIR) (resumes if it holds checkpoints)"
+	$(PY) -m lcm.train --config configs/quickstart.py --workdir $(WORKDIR)
 
 lint: $(STAMP)
 	@echo ">> ruff check + ruff format --check"

@@ -2,9 +2,9 @@ r"""Every default of lcm, one comment per field. Experiment configs import it, c
 
 Run the main job on it:
 
-    python -m lcm.main --config configs/base.py
-    python -m lcm.main --config configs/base.py --config.model.num_layers=4 \
-        --config.mesh.shape="(2,1,4,1)"
+    python -m lcm.train --config configs/base.py --workdir /tmp/base
+    python -m lcm.train --config configs/base.py --workdir /tmp/base \
+        --config.model.num_layers=4 --config.mesh.shape="(2,1,4,1)"
 """
 
 from ml_collections import ConfigDict, FieldReference, config_dict
@@ -99,14 +99,23 @@ def get_config() -> ConfigDict:
 
     # ---- training ------------------------------------------------------------------------
     config.train = ConfigDict()
-    config.train.seed = 0  # master seed: parameter init, data order, dropout
+    config.train.seed = 0  # master seed: parameter init, data order
     config.train.num_steps = 200  # optimizer steps
     config.train.learning_rate = 3e-3  # peak learning rate
     config.train.warmup_steps = 20  # linear warmup steps
-    config.train.weight_decay = 0.1  # AdamW decoupled weight decay
+    config.train.min_lr_ratio = 0.1  # cosine decay ends at this fraction of the peak
+    config.train.adam_b1 = 0.9  # AdamW beta1
+    config.train.adam_b2 = 0.95  # AdamW beta2
+    config.train.weight_decay = 0.1  # AdamW decoupled weight decay (matrices only)
     config.train.grad_clip = 1.0  # global-norm gradient clipping; 0 = off
-    config.train.log_every = 10  # steps between progress lines
+    config.train.grad_accum_steps = 1  # micro-batches per step (batch_size must divide)
+    config.train.z_loss = 0.0  # weight of the z-loss logsumexp(logits)^2 term; 0 = off
+    config.train.log_every = 10  # steps between progress lines / metrics.jsonl records
+    config.train.eval_every = 100  # steps between held-out evaluations; 0 = never
+    config.train.eval_batches = 8  # held-out batches per evaluation (same for every eval)
     config.train.checkpoint_every = 100  # steps between checkpoints
+    config.train.max_checkpoints = 3  # checkpoints kept (newest)
+    config.train.peak_flops = 0.0  # FLOP/s for MFU; 0 = measure a float32 matmul at start
 
     # ---- evaluation ----------------------------------------------------------------------
     config.eval = ConfigDict()

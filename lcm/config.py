@@ -367,12 +367,24 @@ def _check_data(c: _Checker) -> None:
 
 def _check_train_eval(c: _Checker) -> None:
     c.check("train.seed", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
-    c.positive_int("train.num_steps", "train.log_every", "train.checkpoint_every")
-    c.positive("train.learning_rate")
-    c.check(
-        "train.warmup_steps", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0"
+    c.positive_int(
+        "train.num_steps",
+        "train.log_every",
+        "train.checkpoint_every",
+        "train.max_checkpoints",
+        "train.grad_accum_steps",
+        "train.eval_batches",
     )
-    c.non_negative("train.weight_decay", "train.grad_clip")
+    c.positive("train.learning_rate")
+    for key in ("train.warmup_steps", "train.eval_every"):
+        c.check(key, lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
+    c.non_negative("train.weight_decay", "train.grad_clip", "train.z_loss", "train.peak_flops")
+    c.check("train.min_lr_ratio", lambda v: 0 <= v <= 1, "must be in [0, 1]")
+    for key in ("train.adam_b1", "train.adam_b2"):
+        c.check(key, lambda v: 0 <= v < 1, "must be in [0, 1)")
+    accum, batch = c.get("train.grad_accum_steps"), c.get("data.batch_size")
+    if _is_positive_int(accum) and _is_positive_int(batch) and batch % accum:
+        c.fail("data.batch_size", f"must be a multiple of train.grad_accum_steps = {accum}")
     c.check(
         "eval.lengths",
         lambda v: len(v) > 0 and all(_is_positive_int(x) for x in v),

@@ -1,0 +1,87 @@
+"""Leaf layers of the transformer: RMSNorm, SwiGLU MLP and the token embedding.
+
+Parameters carry logical axis names (``lcm.parallel.sharding``); reductions that decide numerics
+(the RMS statistic) run in float32 whatever the compute dtype.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lcm.parallel import sharding
+
+_DENSE_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm (Zhang & Sennrich 2019) with a learned scale.
+
+    ``axis_name`` is the logical name of the normalized (last) dimension: ``embed`` for the
+    residual stream, ``head_dim`` for QK-norm.
+    """
+
+    axis_name: str = "embed"
+    eps: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param(
+            "scale",
+            sharding.param(nn.initializers.ones, (self.axis_name,)),
+            (x.shape[-1],),
+            self.param_dtype,
+        )
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward block (Shazeer 2020): ``wo(silu(x wg) * (x wu))``."""
+
+    mlp_dim: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # x [B,T,D]
+        d_model = x.shape[-1]
+
+        def weight(name, shape, names):
+            w = self.param(name, sharding.param(_DENSE_INIT, names), shape, self.param_dtype)
+            return w.astype(self.dtype)
+
+        w_gate = weight("wi_gate", (d_model, self.mlp_dim), ("embed", "mlp"))
+        w_up = weight("wi_up", (d_model, self.mlp_dim), ("embed", "mlp"))
+        w_out = weight("wo", (self.mlp_dim, d_model), ("mlp", "embed"))
+        x = x.astype(self.dtype)
+        hidden = nn.silu(jnp.einsum("BTD,DF->BTF", x, w_gate)) * jnp.einsum("BTD,DF->BTF", x, w_up)
+        hidden = sharding.constrain(hidden, ("batch", "length", "mlp"))
+        return jnp.einsum("BTF,FD->BTD", hidden, w_out)
+
+
+class Embed(nn.Module):
+    """Token embedding ``[V,D]``; ``attend`` reuses it as the tied output projection."""
+
+    vocab_size: int
+    d_model: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding",
+            sharding.param(nn.initializers.normal(stddev=1.0), ("vocab", "embed")),
+            (self.vocab_size, self.d_model),
+            self.param_dtype,
+        )
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:  # tokens [B,T] -> [B,T,D]
+        return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:  # x [B,T,D] -> float32 logits [B,T,V]
+        return jnp.einsum("BTD,VD->BTV", x.astype(jnp.float32), self.embedding.astype(jnp.float32))

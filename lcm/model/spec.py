@@ -1,0 +1,126 @@
+"""``ModelSpec``: the frozen, hashable description of a model, built once from ``config.model``.
+
+Every module gets the spec (flax lm1b's ``TransformerConfig`` pattern) instead of a dozen
+threaded keyword arguments. ``build_spec`` is where scheme x attention-implementation
+compatibility is checked, so a bad pairing fails before anything is traced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+from ml_collections import FrozenConfigDict
+
+from lcm import attention as attention_lib
+from lcm import positional as positional_lib
+from lcm.config import TILED_IMPLS
+from lcm.positional.schedule import LayerSpec, layer_specs
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    vocab_size: int
+    d_model: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    mlp_dim: int
+    tie_embeddings: bool
+    qk_norm: bool
+    scan_layers: bool
+    remat_policy: str
+    dtype: Any
+    param_dtype: Any
+    positional: FrozenConfigDict  # config.model.positional, read by lcm.positional.build
+    attention_impl: str
+    attention_options: tuple[tuple[str, Any], ...]  # e.g. (("block_q", 128), ...)
+    period_layers: tuple[LayerSpec, ...]  # one period of the per-layer schedule
+
+    @property
+    def causal(self) -> bool:
+        """Whether every layer is causal (used for FLOP counting)."""
+        return all(layer.mask != "full" for layer in self.period_layers)
+
+    def build_positional(self, layer: LayerSpec):
+        return positional_lib.build(
+            self.positional,
+            num_heads=self.num_heads,
+            head_dim=self.head_dim,
+            name=layer.positional,
+        )
+
+
+def mask_for(layer: LayerSpec) -> attention_lib.Mask:
+    """The ``lcm.attention`` mask object for a layer's declarative mask description."""
+    if layer.mask == "causal":
+        mask = attention_lib.Causal()
+    elif layer.mask == "full":
+        mask = attention_lib.Full()
+    elif layer.mask == "sliding_window":
+        mask = attention_lib.SlidingWindow(layer.window)
+    else:
+        mask = attention_lib.ChunkedCausal(layer.window)
+    if layer.sink:
+        mask = mask | (attention_lib.Sink(layer.sink) & attention_lib.Causal())
+    return mask
+
+
+def _period(layers: tuple[LayerSpec, ...]) -> int:
+    """Smallest p dividing the layer count with layer i == layer i % p for every i."""
+    n = len(layers)
+    for p in range(1, n + 1):
+        if n % p == 0 and all(layers[i] == layers[i % p] for i in range(n)):
+            return p
+    return n
+
+
+def build_spec(config, *, attention_impl: str | None = None) -> ModelSpec:
+    """Builds the ``ModelSpec`` of ``config`` (optionally with another attention impl).
+
+    Raises:
+      ValueError: when a layer's positional scheme needs something the attention
+        implementation lacks (e.g. a logits hook on an implementation without custom logits).
+    """
+    m = config.model
+    impl = attention_impl or m.attention.impl
+    layers = layer_specs(m)
+    period = layers[: _period(layers)]
+    spec = ModelSpec(
+        vocab_size=m.vocab_size,
+        d_model=m.d_model,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        num_kv_heads=m.num_kv_heads,
+        head_dim=m.head_dim,
+        mlp_dim=m.mlp_dim,
+        tie_embeddings=m.tie_embeddings,
+        qk_norm=m.qk_norm,
+        scan_layers=m.scan_layers,
+        remat_policy=m.remat_policy,
+        dtype=DTYPES[m.dtype],
+        param_dtype=DTYPES[m.param_dtype],
+        positional=FrozenConfigDict(m.positional),
+        attention_impl=impl,
+        attention_options=(
+            (("block_q", m.attention.block_q), ("block_kv", m.attention.block_kv))
+            if impl in TILED_IMPLS
+            else ()
+        ),
+        period_layers=period,
+    )
+    for layer in period:
+        scheme = spec.build_positional(layer)
+        needs = ["segments"]
+        if scheme.logits_fn is not None:
+            needs.append("custom_logits")
+        if m.num_heads != m.num_kv_heads:
+            needs.append("gqa")
+        attention_lib.check_capabilities(
+            impl, needs, by=f"positional scheme {layer.positional!r} (layer mask {layer.mask!r})"
+        )
+    return spec

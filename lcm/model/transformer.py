@@ -1,0 +1,162 @@
+"""Decoder-only transformer (flax.linen) built from ``config.model``.
+
+Axis vocabulary (DESIGN.md): B batch, T query length, S key/value length, D model width,
+N query heads, K key/value heads, G = N/K, H head dim, F MLP width, V vocab, L layers.
+Activations are ``x [B,T,D]``, ``q [B,T,N,H]``, ``k, v [B,S,K,H]``; positions and segment ids
+``[B,T] int32`` always travel explicitly (packing, ring shards and decoding need real positions).
+
+A block is pre-norm: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``. Which positional scheme and
+which mask each layer uses comes from ``lcm.positional.schedule``; layers are grouped by the
+schedule's period (1 for a uniform model, 4 for RNoPE-SWA's 3 RoPE-window + 1 NoPE-full) and
+``nn.scan`` runs over the groups, so hybrid schedules still compile one group once.
+The model never calls a kernel or ``shard_map``: attention goes through ``lcm.attention.attend``
+with the implementation named in the config.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lcm import attention as attention_lib
+from lcm.model import layers
+from lcm.model.spec import ModelSpec, mask_for
+from lcm.parallel import sharding
+from lcm.positional.schedule import LayerSpec
+
+_DENSE_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Attention(nn.Module):
+    """GQA self-attention: projections, optional QK-norm, positional scheme, ``attend``."""
+
+    spec: ModelSpec
+    layer: LayerSpec
+
+    @nn.compact
+    def __call__(self, x, positions, segment_ids):  # x [B,T,D]
+        s = self.spec
+
+        def weight(name, shape, names):
+            w = self.param(name, sharding.param(_DENSE_INIT, names), shape, s.param_dtype)
+            return w.astype(s.dtype)
+
+        d, n, k, h = s.d_model, s.num_heads, s.num_kv_heads, s.head_dim
+        q = jnp.einsum("BTD,DNH->BTNH", x, weight("wq", (d, n, h), ("embed", "heads", "head_dim")))
+        kk = jnp.einsum(
+            "BTD,DKH->BTKH", x, weight("wk", (d, k, h), ("embed", "kv_heads", "head_dim"))
+        )
+        v = jnp.einsum(
+            "BTD,DKH->BTKH", x, weight("wv", (d, k, h), ("embed", "kv_heads", "head_dim"))
+        )
+        if s.qk_norm:
+            norm = dict(axis_name="head_dim", dtype=s.dtype, param_dtype=s.param_dtype)
+            q = layers.RMSNorm(name="q_norm", **norm)(q)
+            kk = layers.RMSNorm(name="k_norm", **norm)(kk)
+        # Built here so a scheme with parameters (a linen module) becomes a child of this one.
+        scheme = s.build_positional(self.layer)
+        q, kk = scheme.rotate(q, kk, positions, positions)
+        q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
+        out = attention_lib.attend(
+            q,
+            kk,
+            v,
+            mask=mask_for(self.layer),
+            impl=s.attention_impl,
+            q_pos=positions,
+            k_pos=positions,
+            q_segment_ids=segment_ids,
+            kv_segment_ids=segment_ids,
+            logits_fn=scheme.logits_fn,
+            **dict(s.attention_options),
+        )
+        out = sharding.constrain(out.astype(s.dtype), ("batch", "length", "heads", "head_dim"))
+        return jnp.einsum(
+            "BTNH,NHD->BTD", out, weight("wo", (n, h, d), ("heads", "head_dim", "embed"))
+        )
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    spec: ModelSpec
+    layer: LayerSpec
+
+    @nn.compact
+    def __call__(self, x, positions, segment_ids):
+        s = self.spec
+        norm = dict(dtype=s.dtype, param_dtype=s.param_dtype)
+        h = layers.RMSNorm(name="attn_norm", **norm)(x)
+        x = x + Attention(s, self.layer, name="attn")(h, positions, segment_ids)
+        h = layers.RMSNorm(name="mlp_norm", **norm)(x)
+        x = x + layers.MLP(s.mlp_dim, name="mlp", **norm)(h)
+        return sharding.constrain(x, ("batch", "length", "embed"))
+
+
+class Group(nn.Module):
+    """One period of the layer schedule (the unit ``nn.scan`` repeats)."""
+
+    spec: ModelSpec
+
+    @nn.compact
+    def __call__(self, x, positions, segment_ids):
+        for i, layer in enumerate(self.spec.period_layers):
+            x = Block(self.spec, layer, name=f"block{i}")(x, positions, segment_ids)
+        return x, None
+
+
+class Transformer(nn.Module):
+    """Decoder-only LM: ``(tokens, positions, segment_ids) [B,T] -> float32 logits [B,T,V]``."""
+
+    spec: ModelSpec
+
+    @nn.compact
+    def __call__(self, tokens, positions, segment_ids=None):
+        s = self.spec
+        if segment_ids is None:
+            segment_ids = jnp.ones_like(tokens)
+        embed = layers.Embed(
+            s.vocab_size, s.d_model, dtype=s.dtype, param_dtype=s.param_dtype, name="embed"
+        )
+        x = sharding.constrain(embed(tokens), ("batch", "length", "embed"))
+
+        group = Group
+        policy = REMAT_POLICIES[s.remat_policy]
+        if s.remat_policy != "none":
+            group = nn.remat(Group, policy=policy, prevent_cse=not s.scan_layers)
+        repeats = s.num_layers // len(s.period_layers)
+        if s.scan_layers:
+            scanned = nn.scan(
+                group,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast),
+                length=repeats,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = scanned(s, name="layers")(x, positions, segment_ids)
+        else:
+            for r in range(repeats):
+                x, _ = group(s, name=f"layers_{r}")(x, positions, segment_ids)
+
+        x = layers.RMSNorm(name="final_norm", dtype=s.dtype, param_dtype=s.param_dtype)(x)
+        if s.tie_embeddings:
+            # Tied logits are scaled by 1/sqrt(D) so unit-variance embeddings give O(1) logits.
+            logits = embed.attend(x) / jnp.sqrt(jnp.float32(s.d_model))
+        else:
+            w = self.param(
+                "unembed",
+                sharding.param(_DENSE_INIT, ("embed", "vocab")),
+                (s.d_model, s.vocab_size),
+                s.param_dtype,
+            )
+            logits = jnp.einsum("BTD,DV->BTV", x.astype(jnp.float32), w.astype(jnp.float32))
+        return sharding.constrain(logits, ("batch", "length", "vocab"))

@@ -1,0 +1,1 @@
+"""Training: state, optimizer, jitted step, checkpoints, metrics, the loop and its CLI."""

@@ -1,0 +1,193 @@
+"""The training loop: ``train(config, workdir)``.
+
+One process per host runs this; every host feeds its own slice of the global batch
+(``jax.make_array_from_process_local_data``). The loop resumes automatically from the newest
+readable checkpoint in ``workdir`` (train state and data-iterator position), so a run killed at
+any point and restarted reproduces the uninterrupted run exactly. SIGTERM and SIGINT finish the
+current step, save, and exit cleanly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import time
+
+import jax
+import numpy as np
+
+from lcm import config as config_lib
+from lcm import data as data_lib
+from lcm import model as model_lib
+from lcm.parallel import mesh as mesh_lib
+from lcm.parallel import sharding
+from lcm.train import checkpoint, metrics, optimizer
+from lcm.train import state as state_lib
+from lcm.train import step as step_lib
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT; the loop checks it between steps."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del frame
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _global_batch(batch: dict, batch_sharding) -> dict:
+    return {
+        key: jax.make_array_from_process_local_data(batch_sharding, np.asarray(batch[key]))
+        for key in step_lib.BATCH_KEYS
+    }
+
+
+def evaluate(eval_fn, params, batches, batch_sharding) -> float:
+    """Mean held-out token loss over ``batches``."""
+    nll, tokens = 0.0, 0.0
+    for batch in batches:
+        out = eval_fn(params, _global_batch(batch, batch_sharding))
+        nll += float(out["nll_sum"])
+        tokens += float(out["tokens"])
+    return nll / max(tokens, 1.0)
+
+
+def unigram_entropy(batches) -> float:
+    """Entropy (nats/token) of the empirical token distribution of the batches' targets.
+
+    The best loss any context-free (unigram) model could reach on these exact tokens: a model
+    that learned anything from context must go below it.
+    """
+    counts = {}
+    for batch in batches:
+        targets = np.asarray(batch["targets"])[np.asarray(batch["loss_mask"]) > 0]
+        ids, n = np.unique(targets, return_counts=True)
+        for i, c in zip(ids.tolist(), n.tolist(), strict=True):
+            counts[i] = counts.get(i, 0) + c
+    p = np.array(list(counts.values()), np.float64)
+    p /= p.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> dict:
+    """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints).
+
+    ``stop_after`` ends this invocation (with a checkpoint) after that many steps, as a
+    preemption would; a later call resumes.
+
+    Returns:
+      The last logged metrics, with ``step`` and, when evaluated, ``eval_loss``.
+    """
+    config_lib.validate(config, num_devices=jax.device_count())
+    mesh = mesh_lib.make_mesh(config.mesh)
+    rules = sharding.validate_rules(config.mesh.rules, config.mesh.axes)
+    spec = model_lib.build_spec(config)
+    model = model_lib.Transformer(spec)
+    tx = optimizer.make_optimizer(config.train)
+    schedule = optimizer.learning_rate_schedule(config.train)
+    t = config.train
+    batch_size, seq_len = config.data.batch_size, config.data.seq_len
+    flops_per_token = metrics.train_flops_per_token(spec, seq_len)
+    peak = t.peak_flops or metrics.measure_peak_flops()
+
+    with sharding.use_mesh(mesh, rules):
+        batch_sharding = sharding.named_sharding(mesh, ("batch", "length"), rules)
+        abstract, shardings = state_lib.state_shardings(
+            model, tx, mesh, rules, batch_size=batch_size, seq_len=seq_len
+        )
+        data = data_lib.load_data(config, workdir=workdir)
+        m = data.manifest
+        log(
+            f"data: {config.data.corpus} corpus, {m['train_documents']} train / "
+            f"{m['eval_documents']} eval documents, {m['train_tokens']:,} train tokens "
+            f"(manifest in {workdir}/data_manifest.json)"
+        )
+        data_iterator = data.train_iterator()
+        ckpt = checkpoint.Checkpointer(
+            workdir, every=t.checkpoint_every, max_to_keep=t.max_checkpoints
+        )
+        start, state = ckpt.restore_latest(abstract, data_iterator)
+        if state is None:
+            start = 0
+            state = state_lib.init_state(
+                model, tx, shardings, t.seed, batch_size=batch_size, seq_len=seq_len
+            )
+            log(f"mesh {mesh_lib.describe(mesh)}; starting from scratch in {workdir}")
+        else:
+            log(f"mesh {mesh_lib.describe(mesh)}; resumed from step {start} in {workdir}")
+        writer = metrics.MetricWriter(workdir, resume_step=start)
+        train_step = step_lib.jit_train_step(
+            step_lib.make_train_step(
+                model, tx, z_loss=t.z_loss, grad_accum_steps=t.grad_accum_steps
+            ),
+            shardings,
+            batch_sharding,
+        )
+        eval_fn = jax.jit(step_lib.make_eval_step(model))
+        eval_batches = (
+            list(itertools.islice(data.eval_iterator(), t.eval_batches)) if t.eval_every else []
+        )
+        if eval_batches:
+            log(
+                f"eval: {len(eval_batches)} held-out batches; unigram entropy of their targets "
+                f"{unigram_entropy(eval_batches):.4f} nats/token (a context-free baseline)"
+            )
+
+        last: dict = {"step": start}
+        window_start, window_tokens = time.perf_counter(), 0.0
+        with _StopFlag() as stop:
+            step = start
+            while step < t.num_steps:
+                local = next(data_iterator)
+                state, step_metrics = train_step(state, _global_batch(local, batch_sharding))
+                step += 1
+                window_tokens += local["inputs"].size * jax.process_count()
+                due_eval = t.eval_every and (step % t.eval_every == 0 or step == t.num_steps)
+                if step % t.log_every == 0 or step == t.num_steps or due_eval:
+                    loss = float(step_metrics["loss"])  # waits for the step
+                    if not np.isfinite(loss):
+                        ckpt.wait()
+                        raise FloatingPointError(f"loss is {loss} at step {step}; stopping")
+                    elapsed = time.perf_counter() - window_start
+                    tokens_per_sec = window_tokens / elapsed
+                    last = {
+                        "step": step,
+                        "loss": loss,
+                        "grad_norm": float(step_metrics["grad_norm"]),
+                        "lr": float(schedule(step - 1)),
+                        "tokens_per_sec": tokens_per_sec,
+                        "mfu": tokens_per_sec * flops_per_token / peak,
+                    }
+                    if due_eval:
+                        last["eval_loss"] = evaluate(
+                            eval_fn, state.params, eval_batches, batch_sharding
+                        )
+                    writer.write(step, {k: v for k, v in last.items() if k != "step"})
+                    log(
+                        f"step {step}/{t.num_steps} | loss {loss:.4f}"
+                        + (f" | eval {last['eval_loss']:.4f}" if due_eval else "")
+                        + f" | {tokens_per_sec:,.0f} tok/s | mfu {last['mfu']:.2f}"
+                        + f" | lr {last['lr']:.2e}"
+                    )
+                    window_start, window_tokens = time.perf_counter(), 0.0
+                ckpt.save(step, state, data_iterator, force=step == t.num_steps)
+                if stop.signal or (stop_after is not None and step - start >= stop_after):
+                    ckpt.save(step, state, data_iterator, force=True)
+                    log(f"{stop.signal or 'stop_after'}: saved step {step}, exiting")
+                    break
+        ckpt.close()
+        writer.close()
+    last["state"] = state
+    return last

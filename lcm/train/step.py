@@ -1,0 +1,101 @@
+"""The jitted train and eval steps.
+
+The loss is next-token cross-entropy in float32 averaged over ``loss_mask`` tokens (padding and
+document-boundary targets masked by the data pipeline), plus an optional z-loss
+``z_loss * logsumexp(logits)^2`` (PaLM, Chowdhery et al. 2022) that keeps the softmax normalizer
+near 1. Gradient accumulation splits the global batch into ``grad_accum_steps`` micro-batches
+scanned inside one step, so one step is always one optimizer update on the same tokens.
+
+``jax.jit`` appears here (and in eval) only, with explicit in/out shardings and the state
+donated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lcm.train.state import TrainState
+
+BATCH_KEYS = ("inputs", "targets", "positions", "segment_ids", "loss_mask")
+
+
+def cross_entropy(logits, targets, loss_mask, z_loss: float = 0.0):
+    """Summed masked token loss, summed z-loss term and token count (all float32 scalars)."""
+    logits = logits.astype(jnp.float32)
+    mask = loss_mask.astype(jnp.float32)
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    nll = (log_z - target_logit) * mask
+    z_term = z_loss * jnp.square(log_z) * mask
+    return jnp.sum(nll), jnp.sum(z_term), jnp.sum(mask)
+
+
+def _forward_loss(model, z_loss):
+    def loss_fn(params, batch):
+        logits = model.apply(
+            {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"]
+        )
+        nll, z_term, tokens = cross_entropy(logits, batch["targets"], batch["loss_mask"], z_loss)
+        return nll + z_term, (nll, tokens)
+
+    return loss_fn
+
+
+def make_train_step(
+    model, tx: optax.GradientTransformation, *, z_loss: float, grad_accum_steps: int
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """Returns ``step(state, batch) -> (state, metrics)`` (not yet jitted)."""
+    loss_fn = _forward_loss(model, z_loss)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        if grad_accum_steps == 1:
+            (_, (nll, tokens)), grads = grad_fn(state.params, batch)
+        else:
+            micro = jax.tree.map(lambda x: x.reshape(grad_accum_steps, -1, *x.shape[1:]), batch)
+
+            def accumulate(carry, mb):
+                (_, (nll, tokens)), grads = grad_fn(state.params, mb)
+                return jax.tree.map(jnp.add, carry, (grads, nll, tokens)), None
+
+            zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0), jnp.float32(0))
+            (grads, nll, tokens), _ = jax.lax.scan(accumulate, zeros, micro)
+        # The summed loss is normalized once, over all tokens of the global batch.
+        denom = jnp.maximum(tokens, 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": nll / denom,
+            "grad_norm": optax.tree.norm(grads),
+            "tokens": tokens,
+        }
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return step
+
+
+def make_eval_step(model) -> Callable[[dict, dict], dict]:
+    """Returns ``eval_step(params, batch) -> {"nll_sum", "tokens"}`` (not yet jitted)."""
+    loss_fn = _forward_loss(model, 0.0)
+
+    def eval_step(params, batch):
+        _, (nll, tokens) = loss_fn(params, batch)
+        return {"nll_sum": nll, "tokens": tokens}
+
+    return eval_step
+
+
+def jit_train_step(step_fn, state_shardings, batch_sharding):
+    """Jits ``step_fn`` with explicit shardings; the input state is donated."""
+    batch_shardings = {k: batch_sharding for k in BATCH_KEYS}
+    return jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, batch_shardings),
+        out_shardings=(state_shardings, None),
+        donate_argnums=0,
+    )

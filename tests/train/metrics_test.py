@@ -1,0 +1,37 @@
+import json
+
+from lcm.train import metrics
+
+
+def test_metric_writer_drops_records_after_resume_step(tmp_path):
+    w = metrics.MetricWriter(tmp_path)
+    for step in (10, 20, 30):
+        w.write(step, {"loss": step / 10})
+    w.close()
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 40, "lo')  # torn by a kill mid-write
+    w = metrics.MetricWriter(tmp_path, resume_step=20)
+    w.write(30, {"loss": 9.0})
+    w.close()
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records == [
+        {"step": 10, "loss": 1.0},
+        {"step": 20, "loss": 2.0},
+        {"step": 30, "loss": 9.0},
+    ]
+
+
+class _Spec:
+    d_model, num_heads, num_kv_heads, head_dim, mlp_dim = 8, 2, 1, 4, 16
+    num_layers, vocab_size, causal = 3, 10, True
+
+
+def test_flops_per_token_closed_form():
+    # per layer: q 8*2*4 + k,v 2*8*1*4 + o 2*4*8 + mlp 3*8*16 = 64+64+64+384 = 576
+    # matmul params: 3*576 + 8*10 = 1808 -> 6 * 1808 = 10848
+    # attention fwd: 4 * T * N * H * L * 1/2 = 4*32*2*4*3/2 = 1536 -> x3 = 4608
+    assert metrics.train_flops_per_token(_Spec, 32) == 10848 + 4608
+
+
+def test_peak_flops_is_positive():
+    assert metrics.measure_peak_flops(size=128, repeats=2) > 0
