@@ -78,6 +78,9 @@ def get_config() -> ConfigDict:
     config.model.attention.window = 0  # sliding window (left) size; 0 = unused
     config.model.attention.block_q = 128  # query tile length (blockwise / pallas)
     config.model.attention.block_kv = 128  # key/value tile length (blockwise / pallas)
+    config.model.attention.ring_axis = "context"  # ring: the mesh axis the sequence is sharded on
+    # ring: token order for causal load balance: contiguous | striped | zigzag
+    config.model.attention.ring_layout = "zigzag"
 
     # ---- data ----------------------------------------------------------------------------
     config.data = ConfigDict()

@@ -24,6 +24,7 @@ from typing import Any
 from ml_collections import ConfigDict, FieldReference
 
 from lcm.attention import ATTENTION
+from lcm.attention import ring as ring_lib
 from lcm.data.corpora import CORPORA
 from lcm.data.packing import PACKINGS
 from lcm.data.tokenizers import BYTE_VOCAB_SIZE
@@ -193,6 +194,8 @@ def _check_model(c: _Checker) -> None:
 
     a = m + "attention."
     c.one_of(a + "impl", tuple(ATTENTION.names()))
+    c.one_of(a + "ring_axis", mesh_lib.MESH_AXES)
+    c.one_of(a + "ring_layout", ring_lib.LAYOUTS)
     c.one_of(a + "mask", MASKS)
     c.check(a + "window", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
     if c.get(a + "mask") in ("sliding_window", "chunked_causal"):
@@ -408,6 +411,15 @@ def _check_mesh(c: _Checker, num_devices: int | None) -> None:
     batch_shards = sizes["data"] * sizes["fsdp"]
     if _is_positive_int(c.get("data.batch_size")) and c.get("data.batch_size") % batch_shards:
         c.fail("data.batch_size", f"must be a multiple of mesh data*fsdp = {batch_shards}")
+    if c.get("model.attention.impl") == "ring" and _is_positive_int(c.get("seq_len")):
+        axis, layout = c.get("model.attention.ring_axis"), c.get("model.attention.ring_layout")
+        chunks = sizes[axis] * (2 if layout == "zigzag" else 1)
+        if c.get("seq_len") % chunks:
+            c.fail(
+                "seq_len",
+                f"must be a multiple of {chunks} for the {layout!r} ring layout over mesh "
+                f"axis {axis!r} of size {sizes[axis]}",
+            )
     if _is_positive_int(c.get("seq_len")) and c.get("seq_len") % sizes["context"]:
         c.fail("seq_len", f"must be a multiple of the mesh context size {sizes['context']}")
     stages = c.get("data.curriculum")

@@ -97,11 +97,50 @@ def blockwise_attention(
     on a 2-core CPU (``experiments/bench_attention.py``); accelerators want larger tiles.
     Returns ``(out, lse or None)``.
     """
+    static, padded = _setup(
+        q, k, v, q_pos, k_pos, q_segment_ids, kv_segment_ids, mask, logits_fn, scale, block_q,
+        block_kv,
+    )  # fmt: skip
+    out, lse = _flash(static, *padded)
+    t = q.shape[1]
+    return out[:, :t], (lse[:, :t] if return_lse else None)
+
+
+def ring_tiles(*, mask, logits_fn, scale, block_q: int = 128, block_kv: int = 128):
+    """Tile functions for ``lcm.attention.ring``: blockwise attention of the local queries over
+    one visiting key shard.
+
+    ``fwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg) -> (out, lse [B,T,N])`` and
+    ``bwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg, lse, delta, d_out) -> (dq, dk, dv)``, where
+    the backward is driven by the GLOBAL ``lse`` and ``delta = rowsum(d_out * out) - d_lse`` of
+    the merged result, so the per-shard gradients sum to the exact ones.
+    """
+
+    def fwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg):
+        st, padded = _setup(
+            q, k, v, q_pos, k_pos, q_seg, k_seg, mask, logits_fn, scale, block_q, block_kv
+        )
+        out, lse = _forward(st, *padded)
+        return out[:, : q.shape[1]], lse[:, : q.shape[1]]
+
+    def bwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg, lse, delta, d_out):
+        st, padded = _setup(
+            q, k, v, q_pos, k_pos, q_seg, k_seg, mask, logits_fn, scale, block_q, block_kv
+        )
+        rows = (_pad(x, st.block_q) for x in (lse, delta, d_out))
+        dq, dk, dv = _backward(st, *padded, *rows)
+        return dq[:, : q.shape[1]], dk[:, : k.shape[1]], dv[:, : k.shape[1]]
+
+    return fwd_tile, bwd_tile
+
+
+def _setup(q, k, v, q_pos, k_pos, q_segment_ids, kv_segment_ids, mask, logits_fn, scale,
+           block_q, block_kv):  # fmt: skip
+    """Validates block sizes, pads to whole blocks and builds the tile visit lists."""
     for name, value in (("block_q", block_q), ("block_kv", block_kv)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"blockwise {name} = {value!r}: must be a positive integer")
-    t, s = q.shape[1], k.shape[1]
-    cq, ck = min(block_q, t), min(block_kv, s)
+    cq, ck = min(block_q, q.shape[1]), min(block_kv, k.shape[1])
     static = _Static(mask, logits_fn, scale, cq, ck)
     q_seg = core.segments_or_ones(q_segment_ids, q)
     kv_seg = core.segments_or_ones(kv_segment_ids, k)
@@ -110,9 +149,7 @@ def blockwise_attention(
     classes = tiles.classify_tiles(
         mask, tiles.block_ranges(q_pos, q_seg, cq), tiles.block_ranges(k_pos, kv_seg, ck)
     )
-    visits = tiles.visit_lists(classes)
-    out, lse = _flash(static, q, k, v, q_pos, k_pos, q_seg, kv_seg, visits)
-    return out[:, :t], (lse[:, :t] if return_lse else None)
+    return static, (q, k, v, q_pos, k_pos, q_seg, kv_seg, tiles.visit_lists(classes))
 
 
 def _pad(x: jax.Array, block: int) -> jax.Array:
@@ -242,10 +279,16 @@ def _flash_fwd(st, q, k, v, q_pos, k_pos, q_seg, kv_seg, visits):
 def _flash_bwd(st: _Static, res: tuple[Any, ...], cts):
     q, k, v, q_pos, k_pos, q_seg, kv_seg, visits, out, lse = res
     d_out, d_lse = cts
+    delta = jnp.einsum("btnh,btnh->btn", d_out.astype(_F32), out.astype(_F32)) - d_lse
+    dq, dk, dv = _backward(st, q, k, v, q_pos, k_pos, q_seg, kv_seg, visits, lse, delta, d_out)
+    return dq, dk, dv, None, None, None, None, None
+
+
+def _backward(st: _Static, q, k, v, q_pos, k_pos, q_seg, kv_seg, visits, lse, delta, d_out):
+    """Padded inputs, row statistics and output cotangent -> ``(dq, dk, dv)``."""
     b, _, n, h = q.shape
     kh = k.shape[2]
     g = n // kh
-    delta = jnp.einsum("btnh,btnh->btn", d_out.astype(_F32), out.astype(_F32)) - d_lse
     kb, vb = _blocks(k, st.block_kv), _blocks(v, st.block_kv)
     kpb, ksb = _blocks(k_pos, st.block_kv), _blocks(kv_seg, st.block_kv)
 
@@ -295,7 +338,7 @@ def _flash_bwd(st: _Static, res: tuple[Any, ...], cts):
     zeros = jnp.zeros(kb.shape, _F32)
     (dk, dv), dq = lax.scan(q_block, (zeros, zeros), xs)
     dk, dv = _unblocks(dk).astype(k.dtype), _unblocks(dv).astype(v.dtype)
-    return _unblocks(dq), dk, dv, None, None, None, None, None
+    return _unblocks(dq), dk, dv
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)

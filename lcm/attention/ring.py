@@ -16,8 +16,10 @@ ring: permute tokens (and their positions/segment ids) with ``layout_permutation
 sharding, and causal work is spread evenly (``striped``: Brandon et al. 2023, arXiv 2311.09431;
 ``zigzag``: chunks r and 2n-1-r on device r, as in Llama-3 context parallelism).
 
-This module knows only the axis name and two tile callables; ``lcm.attention`` wires it to the
-blockwise (or Pallas) tiles and wraps it in ``jax.shard_map``.
+``ring_attention`` knows only the axis name and two tile callables; the registered ``ring``
+implementation below wraps it in ``jax.shard_map`` over the context mesh (``jax.set_mesh`` /
+``lcm.parallel.sharding.use_mesh``) with blockwise tiles, reading the batch and head axes from
+the logical axis rules in context.
 """
 
 from __future__ import annotations
@@ -25,30 +27,23 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
-# fwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg) -> (out [B,T,N,H] f32, lse [B,N,T] f32)
+from lcm.attention import blockwise, core
+from lcm.attention.merge import merge_attention
+from lcm.parallel import sharding
+
+# fwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg) -> (out [B,T,N,H], lse [B,T,N] f32)
 # bwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg, lse, delta, dout) -> (dq, dk, dv), where
-#   delta [B,N,T] = rowsum(dout * out) - dlse (flash backward D, lse cotangent folded in)
+#   delta [B,T,N] = rowsum(dout * out) - dlse (flash backward D, lse cotangent folded in)
 TileFwd = Callable[..., tuple[jax.Array, jax.Array]]
 TileBwd = Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
 
 LAYOUTS = ("contiguous", "striped", "zigzag")
-
-
-def merge(out_a, lse_a, out_b, lse_b):
-    """Exact softmax merge of attention over two disjoint key sets.
-
-    ``out`` is ``[B,T,N,H]`` normalized within its key set, ``lse`` is ``[B,N,T]``; ``-inf``
-    lse (no visible key) contributes nothing, and two empty sets give zeros, not NaN.
-    """
-    lse = jnp.logaddexp(lse_a, lse_b)
-    safe = jnp.where(jnp.isneginf(lse), 0.0, lse)
-    w_a = jnp.exp(lse_a - safe).transpose(0, 2, 1)[..., None]  # [B,T,N,1]
-    w_b = jnp.exp(lse_b - safe).transpose(0, 2, 1)[..., None]
-    return w_a * out_a + w_b * out_b, lse
 
 
 def _rotate(axis_name: str, n: int, *xs):
@@ -64,7 +59,7 @@ def ring_attention(q, k, v, q_pos, k_pos, q_seg, k_seg, axis_name, fwd_tile, bwd
     ``[B,S,K,H]``, positions and segment ids ``[B,T]``/``[B,S]`` int32.
 
     Returns:
-      ``(out [B,T,N,H] float32, lse [B,N,T] float32)`` over the global key set.
+      ``(out [B,T,N,H] float32, lse [B,T,N] float32)`` over the global key set.
     """
     return _ring_fwd(q, k, v, q_pos, k_pos, q_seg, k_seg, axis_name, fwd_tile)[0]
 
@@ -75,19 +70,19 @@ def _ring_fwd(q, k, v, q_pos, k_pos, q_seg, k_seg, axis_name, fwd_tile):
     def step(carry, _):
         out, lse, kv = carry
         out_t, lse_t = fwd_tile(q, *kv[:2], q_pos, kv[2], q_seg, kv[3])
-        out, lse = merge(out, lse, out_t, lse_t)
+        out, lse = merge_attention([out, out_t], [lse, lse_t])
         # The permute reads the same operands as the tile, so XLA can overlap the two.
         return (out, lse, _rotate(axis_name, n, *kv)), None
 
     # Carries built with *_like keep the inputs' varying-over-mesh-axes type inside shard_map.
     init = (
         jnp.zeros_like(q, jnp.float32),
-        jnp.full_like(q[..., 0], -jnp.inf, jnp.float32).transpose(0, 2, 1),
+        jnp.full_like(q[..., 0], -jnp.inf, jnp.float32),
         (k, v, k_pos, k_seg),
     )
     (out, lse, kv), _ = jax.lax.scan(step, init, None, length=n - 1)
     out_t, lse_t = fwd_tile(q, *kv[:2], q_pos, kv[2], q_seg, kv[3])
-    out, lse = merge(out, lse, out_t, lse_t)
+    out, lse = merge_attention([out, out_t], [lse, lse_t])
     return (out, lse), (q, k, v, q_pos, k_pos, q_seg, k_seg, out, lse)
 
 
@@ -101,7 +96,7 @@ def _ring_bwd_rule(axis_name, fwd_tile, bwd_tile, residuals, cotangents):
     q, k, v, q_pos, k_pos, q_seg, k_seg, out, lse = residuals
     dout, dlse = cotangents
     # d lse_i / d s_ij = p_ij, so an lse cotangent just shifts flash backward's row term D.
-    delta = jnp.einsum("BTNH,BTNH->BNT", dout.astype(jnp.float32), out) - dlse
+    delta = jnp.einsum("BTNH,BTNH->BTN", dout.astype(jnp.float32), out) - dlse
     n = jax.lax.axis_size(axis_name)
 
     def step(carry, _):
@@ -151,3 +146,96 @@ def layout_permutation(length: int, num_shards: int, layout: str) -> np.ndarray:
     return np.concatenate(
         [np.concatenate([parts[r], parts[chunks - 1 - r]]) for r in range(num_shards)]
     )
+
+
+def _mesh_axes(logical: str):
+    """Mesh axes the logical name maps to under the rules in context (None if replicated)."""
+    (axes,) = nn.logical_to_mesh_axes((logical,))
+    return axes
+
+
+@core.register(
+    "ring",
+    core.Capabilities(
+        custom_logits=True,
+        segments=True,
+        gqa=True,
+        needs_mesh=True,
+        differentiable=True,
+        returns_lse=True,
+    ),
+)
+def ring_impl(
+    q,
+    k,
+    v,
+    *,
+    mask,
+    q_pos,
+    k_pos,
+    q_segment_ids,
+    kv_segment_ids,
+    logits_fn,
+    scale,
+    return_lse,
+    axis_name: str = "context",
+    block_q: int = 128,
+    block_kv: int = 128,
+):
+    """``attend(..., impl="ring")``: queries and keys sharded along the sequence on ``axis_name``.
+
+    Needs a mesh in context with that axis; batch and heads are sharded as the logical rules in
+    context say (``batch``, ``heads``, ``kv_heads``). Sequence lengths must divide evenly over
+    the ring. Returns ``(out, lse or None)``.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or axis_name not in mesh.axis_names:
+        raise ValueError(
+            f"attention impl 'ring' needs a mesh with axis {axis_name!r} in context "
+            f"(lcm.parallel.sharding.use_mesh); got axes {tuple(mesh.axis_names)}"
+        )
+    n = mesh.shape[axis_name]
+    for name, x in (("query length T", q), ("key length S", k)):
+        if x.shape[1] % n:
+            raise ValueError(f"ring: {name} = {x.shape[1]} must be a multiple of {axis_name}={n}")
+    batch, heads, kv_heads = (_mesh_axes(x) for x in ("batch", "heads", "kv_heads"))
+    q_spec, kv_spec = P(batch, axis_name, heads, None), P(batch, axis_name, kv_heads, None)
+    row_spec = P(batch, axis_name)
+    fwd_tile, bwd_tile = blockwise.ring_tiles(
+        mask=mask, logits_fn=logits_fn, scale=scale, block_q=block_q, block_kv=block_kv
+    )
+    sharded = jax.shard_map(
+        functools.partial(
+            ring_attention, axis_name=axis_name, fwd_tile=fwd_tile, bwd_tile=bwd_tile
+        ),
+        in_specs=(q_spec, kv_spec, kv_spec, row_spec, row_spec, row_spec, row_spec),
+        out_specs=(q_spec, P(batch, axis_name, heads)),
+        # The blockwise tiles start their loop carries from fresh constants, which the
+        # varying-manual-axes checker would ask to pcast one by one; the ring body has no
+        # collectives whose meaning depends on that typing (only ppermute), so it is off.
+        check_vma=False,
+    )
+    q_seg = core.segments_or_ones(q_segment_ids, q)
+    kv_seg = core.segments_or_ones(kv_segment_ids, k)
+    args = zip(
+        (q, k, v, q_pos, k_pos, q_seg, kv_seg),
+        (q_spec, kv_spec, kv_spec, row_spec, row_spec, row_spec, row_spec),
+        strict=True,
+    )
+    out, lse = sharded(*(sharding.constrain_spec(x, spec) for x, spec in args))
+    return out.astype(q.dtype), (lse if return_lse else None)
+
+
+def permute_batch(batch: dict, *, layout: str, num_shards: int) -> dict:
+    """Reorders every ``[B, T, ...]`` array of a batch into ``layout`` along T (on the host).
+
+    The model reads only explicit positions and segment ids and the loss sums over tokens, so
+    training on the permuted batch is exactly training on the original one; only the causal
+    work per ring shard changes.
+    """
+    if layout == "contiguous" or num_shards == 1:
+        return batch
+    lengths = {np.shape(x)[1] for x in batch.values()}
+    (length,) = lengths
+    perm = layout_permutation(length, num_shards, layout)
+    return {key: np.asarray(x)[:, perm] for key, x in batch.items()}

@@ -79,6 +79,16 @@ def _period(layers: tuple[LayerSpec, ...]) -> int:
     return n
 
 
+def _attention_options(attention, impl: str) -> tuple[tuple[str, Any], ...]:
+    """The ``attend`` keyword options of ``impl`` taken from ``config.model.attention``."""
+    options = {}
+    if impl in TILED_IMPLS:
+        options.update(block_q=attention.block_q, block_kv=attention.block_kv)
+    if impl == "ring":
+        options.update(axis_name=attention.ring_axis)
+    return tuple(options.items())
+
+
 def build_spec(config, *, attention_impl: str | None = None) -> ModelSpec:
     """Builds the ``ModelSpec`` of ``config`` (optionally with another attention impl).
 
@@ -106,11 +116,7 @@ def build_spec(config, *, attention_impl: str | None = None) -> ModelSpec:
         param_dtype=DTYPES[m.param_dtype],
         positional=FrozenConfigDict(m.positional),
         attention_impl=impl,
-        attention_options=(
-            (("block_q", m.attention.block_q), ("block_kv", m.attention.block_kv))
-            if impl in TILED_IMPLS
-            else ()
-        ),
+        attention_options=_attention_options(m.attention, impl),
         period_layers=period,
     )
     for layer in period:

@@ -109,10 +109,16 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     partitioner propagates from; on ``Explicit`` axes, where the sharding is part of the type
     and a constraint would only assert, it is an explicit ``reshard``.
     """
+    if jax.sharding.get_abstract_mesh().empty:
+        return x
+    return constrain_spec(x, nn.logical_to_mesh_axes(tuple(names)))
+
+
+def constrain_spec(x: jax.Array, spec: PartitionSpec) -> jax.Array:
+    """``constrain`` with a mesh-axis ``PartitionSpec`` (for code that names mesh axes: ring)."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return x
-    spec = nn.logical_to_mesh_axes(tuple(names))
     if all(t == AxisType.Explicit for t in mesh.axis_types):
         return jax.sharding.reshard(x, spec)
     return jax.lax.with_sharding_constraint(x, spec)

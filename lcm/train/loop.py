@@ -19,6 +19,7 @@ import numpy as np
 from lcm import config as config_lib
 from lcm import data as data_lib
 from lcm import model as model_lib
+from lcm.attention import ring
 from lcm.parallel import mesh as mesh_lib
 from lcm.parallel import sharding
 from lcm.train import checkpoint, metrics, optimizer
@@ -47,18 +48,30 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def _global_batch(batch: dict, batch_sharding) -> dict:
-    return {
-        key: jax.make_array_from_process_local_data(batch_sharding, np.asarray(batch[key]))
-        for key in step_lib.BATCH_KEYS
-    }
+def batch_to_device(config, mesh, batch_sharding):
+    """``fn(host batch) -> global device batch``: this host's rows, put in the ring layout.
+
+    With ``impl = "ring"`` tokens are reordered (``config.model.attention.ring_layout``) so
+    causal work is balanced over the ring; nothing else in the step depends on token order.
+    """
+    attention = config.model.attention
+    shards = mesh.shape[attention.ring_axis] if attention.impl == "ring" else 1
+
+    def to_device(batch: dict) -> dict:
+        batch = ring.permute_batch(batch, layout=attention.ring_layout, num_shards=shards)
+        return {
+            key: jax.make_array_from_process_local_data(batch_sharding, np.asarray(batch[key]))
+            for key in step_lib.BATCH_KEYS
+        }
+
+    return to_device
 
 
-def evaluate(eval_fn, params, batches, batch_sharding) -> float:
+def evaluate(eval_fn, params, batches, to_device) -> float:
     """Mean held-out token loss over ``batches``."""
     nll, tokens = 0.0, 0.0
     for batch in batches:
-        out = eval_fn(params, _global_batch(batch, batch_sharding))
+        out = eval_fn(params, to_device(batch))
         nll += float(out["nll_sum"])
         tokens += float(out["tokens"])
     return nll / max(tokens, 1.0)
@@ -104,6 +117,7 @@ def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> 
 
     with sharding.use_mesh(mesh, rules):
         batch_sharding = sharding.named_sharding(mesh, ("batch", "length"), rules)
+        to_device = batch_to_device(config, mesh, batch_sharding)
         abstract, shardings = state_lib.state_shardings(
             model, tx, mesh, rules, batch_size=batch_size, seq_len=seq_len
         )
@@ -151,7 +165,7 @@ def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> 
             step = start
             while step < t.num_steps:
                 local = next(data_iterator)
-                state, step_metrics = train_step(state, _global_batch(local, batch_sharding))
+                state, step_metrics = train_step(state, to_device(local))
                 step += 1
                 window_tokens += local["inputs"].size * jax.process_count()
                 due_eval = t.eval_every and (step % t.eval_every == 0 or step == t.num_steps)
@@ -171,9 +185,7 @@ def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> 
                         "mfu": tokens_per_sec * flops_per_token / peak,
                     }
                     if due_eval:
-                        last["eval_loss"] = evaluate(
-                            eval_fn, state.params, eval_batches, batch_sharding
-                        )
+                        last["eval_loss"] = evaluate(eval_fn, state.params, eval_batches, to_device)
                     writer.write(step, {k: v for k, v in last.items() if k != "step"})
                     log(
                         f"step {step}/{t.num_steps} | loss {loss:.4f}"

@@ -1,140 +1,108 @@
-"""Ring attention vs dense attention on 8 simulated devices: outputs, lse and gradients."""
+"""Ring attention vs the reference on 8 simulated devices: outputs, lse and gradients."""
 
-import functools
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
+from lcm import attention
 from lcm.attention import ring
 from lcm.parallel import mesh as mesh_lib
+from lcm.parallel import sharding
 
-SCALE = 0.25
 
-
-def _visible(q_pos, k_pos, q_seg, k_seg):  # causal document mask on positions, [B,T,S]
-    return (
-        (k_pos[:, None, :] <= q_pos[:, :, None])
-        & (q_seg[:, :, None] == k_seg[:, None, :])
-        & (q_seg[:, :, None] > 0)
+def _mesh(devices, axis_types="auto", shape=(2, 1, 4, 1)):
+    return mesh_lib.make_mesh(
+        {"axes": mesh_lib.MESH_AXES, "shape": shape, "axis_types": axis_types}, devices=devices
     )
 
 
-def _logits(q, k):  # q [B,T,N,H], k [B,S,K,H] -> [B,N,T,S]
-    b, t, n, h = q.shape
-    kh = k.shape[2]
-    qg = q.reshape(b, t, kh, n // kh, h)
-    s = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k, precision="highest")
-    return SCALE * s.reshape(b, n, t, k.shape[1])
-
-
-def dense_fwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg):
-    s = _logits(q, k)
-    mask = _visible(q_pos, k_pos, q_seg, k_seg)[:, None]
-    s = jnp.where(mask, s, -jnp.inf)
-    lse = jax.nn.logsumexp(s, axis=-1)
-    p = jnp.where(mask, jnp.exp(s - jnp.where(jnp.isneginf(lse), 0, lse)[..., None]), 0)
-    b, t, n, h = q.shape
-    kh = k.shape[2]
-    out = jnp.einsum(
-        "BKGTS,BSKH->BTKGH", p.reshape(b, kh, n // kh, t, -1), v, precision="highest"
-    ).reshape(b, t, n, h)
-    return out, lse
-
-
-def dense_bwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg, lse, delta, dout):
-    b, t, n, h = q.shape
-    kh = k.shape[2]
-    s = _logits(q, k)
-    mask = _visible(q_pos, k_pos, q_seg, k_seg)[:, None]
-    p = jnp.where(mask, jnp.exp(s - jnp.where(jnp.isneginf(lse), 0, lse)[..., None]), 0)
-    pg = p.reshape(b, kh, n // kh, t, -1)
-    doutg = dout.reshape(b, t, kh, n // kh, h)
-    dv = jnp.einsum("BKGTS,BTKGH->BSKH", pg, doutg, precision="highest")
-    dp = jnp.einsum("BTKGH,BSKH->BKGTS", doutg, v, precision="highest").reshape(p.shape)
-    ds = p * (dp - delta[..., None])
-    dsg = ds.reshape(pg.shape)
-    dq = SCALE * jnp.einsum("BKGTS,BSKH->BTKGH", dsg, k, precision="highest").reshape(q.shape)
-    qg = q.reshape(b, t, kh, n // kh, h)
-    dk = SCALE * jnp.einsum("BKGTS,BTKGH->BSKH", dsg, qg, precision="highest")
-    return dq, dk, dv
-
-
-def _inputs(b=2, t=32, n=4, kh=2, h=8, layout="contiguous", shards=4, seed=0):
+def _inputs(b=2, t=64, n=4, kh=2, h=8, layout="contiguous", shards=4, seed=0):
     rng = np.random.default_rng(seed)
     q = rng.standard_normal((b, t, n, h), dtype=np.float32)
     k = rng.standard_normal((b, t, kh, h), dtype=np.float32)
     v = rng.standard_normal((b, t, kh, h), dtype=np.float32)
     pos = np.tile(np.arange(t, dtype=np.int32), (b, 1))
     seg = np.ones((b, t), np.int32)
-    seg[0, 11:] = 2  # two packed documents in row 0
-    pos[0, 11:] -= 11
+    seg[0, 21:] = 2  # two packed documents in row 0
+    pos[0, 21:] -= 21
     seg[1, -5:] = 0  # padding at the end of row 1
     perm = ring.layout_permutation(t, shards, layout)
     return [x[:, perm] for x in (q, k, v, pos, seg)]
 
 
-def _ring_fn(mesh):
-    spec4, spec2 = P("data", "context", None, None), P("data", "context")
-
-    @jax.jit
+def _attend(impl, mask, logits_fn=None, **options):
     def f(q, k, v, pos, seg):
-        fn = jax.shard_map(
-            functools.partial(
-                ring.ring_attention,
-                axis_name="context",
-                fwd_tile=dense_fwd_tile,
-                bwd_tile=dense_bwd_tile,
-            ),
-            mesh=mesh,
-            in_specs=(spec4, spec4, spec4, spec2, spec2, spec2, spec2),
-            out_specs=(spec4, P("data", None, "context")),
-        )
-        return fn(q, k, v, pos, pos, seg, seg)
+        return attention.attend(
+            q, k, v, mask=mask, impl=impl, q_pos=pos, k_pos=pos, q_segment_ids=seg,
+            kv_segment_ids=seg, logits_fn=logits_fn, return_lse=True, **options,
+        )  # fmt: skip
 
     return f
 
 
+@dataclasses.dataclass(frozen=True)
+class _SoftCap:
+    """A hashable logits hook (tanh soft cap over scaled dot products) to exercise logits_fn."""
+
+    cap: float = 2.0
+
+    def __call__(self, q, k, q_pos, k_pos, *, scale):
+        del q_pos, k_pos
+        b, t, n, h = q.shape
+        kh = k.shape[2]
+        s = jnp.einsum("BTKGH,BSKH->BKGTS", q.reshape(b, t, kh, n // kh, h), k,
+                       precision="highest", preferred_element_type=jnp.float32)  # fmt: skip
+        return self.cap * jnp.tanh(scale * s.reshape(b, n, t, -1) / self.cap)
+
+
 @pytest.mark.multidevice
-@pytest.mark.parametrize("layout", ring.LAYOUTS)
-def test_ring_matches_dense_outputs_and_grads(devices8, layout):
-    mesh = mesh_lib.make_mesh(
-        {"axes": mesh_lib.MESH_AXES, "shape": (2, 1, 4, 1), "axis_types": "auto"},
-        devices=devices8,
-    )
+@pytest.mark.parametrize(
+    "layout, mask, logits_fn, axis_types",
+    [
+        ("contiguous", attention.Causal(), None, "auto"),
+        ("striped", attention.Causal(), None, "auto"),
+        ("zigzag", attention.Causal(), _SoftCap(), "auto"),
+        ("zigzag", attention.SlidingWindow(9) | attention.Sink(3), None, "explicit"),
+        ("contiguous", attention.Full(), None, "explicit"),
+    ],
+)
+def test_ring_matches_reference_outputs_and_grads(devices8, layout, mask, logits_fn, axis_types):
     q, k, v, pos, seg = _inputs(layout=layout)
-    f = _ring_fn(mesh)
-
-    def dense(q, k, v):
-        return dense_fwd_tile(q, k, v, pos, pos, seg, seg)
-
-    (out, lse), vjp = jax.vjp(lambda q, k, v: f(q, k, v, pos, seg), q, k, v)
-    (want_out, want_lse), want_vjp = jax.vjp(dense, q, k, v)
+    ring_fn = jax.jit(_attend("ring", mask, logits_fn, block_q=8, block_kv=8))
+    ref_fn = _attend("reference", mask, logits_fn)
+    with sharding.use_mesh(_mesh(devices8, axis_types)):
+        (out, lse), vjp = jax.vjp(lambda q, k, v: ring_fn(q, k, v, pos, seg), q, k, v)
+        rng = np.random.default_rng(1)
+        dout = rng.standard_normal(out.shape, dtype=np.float32)
+        dlse = np.where(np.isneginf(lse), 0, rng.standard_normal(lse.shape)).astype(np.float32)
+        grads = vjp((dout, dlse))
+    (want_out, want_lse), want_vjp = jax.vjp(lambda q, k, v: ref_fn(q, k, v, pos, seg), q, k, v)
     np.testing.assert_allclose(out, want_out, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(lse, want_lse, rtol=1e-5, atol=1e-6)
     assert np.all(np.asarray(out)[seg == 0] == 0)  # padding rows: zeros, not NaN
-    rng = np.random.default_rng(1)
-    dout = rng.standard_normal(out.shape, dtype=np.float32)
-    dlse = np.where(np.isneginf(want_lse), 0, rng.standard_normal(lse.shape)).astype(np.float32)
-    for got, want in zip(vjp((dout, dlse)), want_vjp((dout, dlse)), strict=True):
+    for got, want in zip(grads, want_vjp((dout, dlse)), strict=True):
         assert np.all(np.isfinite(got))
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.multidevice
 def test_ring_hlo_permutes_and_never_all_gathers(devices8):
-    mesh = mesh_lib.make_mesh(
-        {"axes": mesh_lib.MESH_AXES, "shape": (2, 1, 4, 1), "axis_types": "auto"},
-        devices=devices8,
-    )
     q, k, v, pos, seg = _inputs()
-    f = _ring_fn(mesh)
-    grad = jax.jit(jax.grad(lambda q, k, v: f(q, k, v, pos, seg)[0].sum(), argnums=(0, 1, 2)))
-    hlo = grad.lower(q, k, v).compile().as_text()
+    f = _attend("ring", attention.Causal(), block_q=8, block_kv=8)
+    loss = jax.jit(jax.grad(lambda q, k, v: f(q, k, v, pos, seg)[0].sum(), argnums=(0, 1, 2)))
+    with sharding.use_mesh(_mesh(devices8)):
+        hlo = loss.lower(q, k, v).compile().as_text()
     assert "collective-permute" in hlo
     assert "all-gather" not in hlo
+
+
+def test_ring_needs_a_mesh_with_its_axis():
+    q, k, v, pos, seg = _inputs(shards=1)
+    with pytest.raises(ValueError, match="impl 'ring' needs a mesh with axis 'context'"):
+        _attend("ring", attention.Causal())(q, k, v, pos, seg)
 
 
 def test_layout_permutations_match_published_examples():

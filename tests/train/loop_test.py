@@ -73,11 +73,11 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     assert (tmp_path / "checkpoints" / str(saved)).is_dir()
 
 
-def _one_step(config, devices, impl=None):
+def _one_step(config, devices):
     """Loss and updated params after one step on a mesh over ``devices``."""
     mesh = mesh_lib.make_mesh(config.mesh, devices=devices)
     rules = sharding.validate_rules(config.mesh.rules, config.mesh.axes)
-    model = model_lib.Transformer(model_lib.build_spec(config, attention_impl=impl))
+    model = model_lib.Transformer(model_lib.build_spec(config))
     tx = optimizer.make_optimizer(config.train)
     batch = next(data_lib.make_train_iterator(config))
     b, t = batch["inputs"].shape
@@ -90,18 +90,23 @@ def _one_step(config, devices, impl=None):
             shardings,
             batch_sharding,
         )
-        state, metrics = step(state, {k: jax.device_put(batch[k], batch_sharding) for k in batch})
+        state, metrics = step(state, loop.batch_to_device(config, mesh, batch_sharding)(batch))
     return float(metrics["loss"]), float(metrics["grad_norm"]), jax.device_get(state.params)
 
 
 @pytest.mark.multidevice
-@pytest.mark.parametrize("shape", [(8, 1, 1, 1), (2, 2, 1, 2)], ids=["data8", "data2fsdp2tensor2"])
-def test_sharded_step_matches_one_device(devices8, shape):
+@pytest.mark.parametrize(
+    "shape, impl",
+    [((8, 1, 1, 1), "blockwise"), ((2, 2, 1, 2), "blockwise"), ((2, 1, 4, 1), "ring")],
+    ids=["data8", "data2fsdp2tensor2", "data2context4ring"],
+)
+def test_sharded_step_matches_one_device(devices8, shape, impl):
     config = _tiny()
     config.model.num_kv_heads = 2
     config.mesh.shape = (1, 1, 1, 1)
     want_loss, want_norm, want_params = _one_step(config, devices8[:1])
     config.mesh.shape = shape
+    config.model.attention.impl = impl
     loss, norm, params = _one_step(config, devices8)
     np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
     np.testing.assert_allclose(norm, want_norm, rtol=1e-4)
