@@ -79,6 +79,7 @@ def get_config() -> ConfigDict:
     config.model.attention.block_q = 128  # query tile length (blockwise / pallas)
     config.model.attention.block_kv = 128  # key/value tile length (blockwise / pallas)
     config.model.attention.ring_axis = "context"  # ring: the mesh axis the sequence is sharded on
+    config.model.attention.ring_inner = "blockwise"  # ring: per-step tiles: blockwise | pallas
     # ring: token order for causal load balance: contiguous | striped | zigzag
     config.model.attention.ring_layout = "zigzag"
 

@@ -196,6 +196,19 @@ def _check_model(c: _Checker) -> None:
     c.one_of(a + "impl", tuple(ATTENTION.names()))
     c.one_of(a + "ring_axis", mesh_lib.MESH_AXES)
     c.one_of(a + "ring_layout", ring_lib.LAYOUTS)
+    c.one_of(a + "ring_inner", tuple(ring_lib.INNER))
+    uses_kernel = c.get(a + "impl") == "pallas" or (
+        c.get(a + "impl") == "ring" and c.get(a + "ring_inner") == "pallas"
+    )
+    if uses_kernel and _is_positive_int(c.get("seq_len")):
+        # The kernel's TPU tiling: kv blocks span whole 128-lane vregs, q blocks 8 sublanes.
+        for key, multiple in (("block_q", 8), ("block_kv", 128)):
+            block = c.get(a + key)
+            if _is_positive_int(block) and block % multiple and block < c.get("seq_len"):
+                c.fail(
+                    a + key,
+                    f"must be a multiple of {multiple} (or >= seq_len) for the Pallas kernel",
+                )
     c.one_of(a + "mask", MASKS)
     c.check(a + "window", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
     if c.get(a + "mask") in ("sliding_window", "chunked_causal"):

@@ -160,6 +160,21 @@ def test_every_config_validates(path):
             "'diag'; allowed: causal, sliding_window, chunked_causal, full",
         ),
         (
+            {"model__attention__impl": "pallas", "model__attention__block_kv": 64},
+            "config.model.attention.block_kv = 64: must be a multiple of 128 (or >= seq_len) "
+            "for the Pallas kernel",
+        ),
+        (
+            {"model__attention__ring_layout": "spiral"},
+            "config.model.attention.ring_layout = 'spiral': allowed: 'contiguous', 'striped', "
+            "'zigzag'",
+        ),
+        (
+            {"model__attention__impl": "ring", "mesh__shape": (1, 1, 8, 1), "seq_len": 128 + 8},
+            "config.seq_len = 136: must be a multiple of 16 for the 'zigzag' ring layout over "
+            "mesh axis 'context' of size 8",
+        ),
+        (
             {"model__attention__impl": "flash"},
             "config.model.attention.impl = 'flash': allowed: 'blockwise', ",
         ),

@@ -10,6 +10,7 @@ tiles). ``merge_attention`` combines partial results over disjoint key sets.
 """
 
 from lcm.attention import blockwise as blockwise
+from lcm.attention import pallas as pallas
 from lcm.attention import reference as reference
 from lcm.attention import ring as ring
 from lcm.attention import xla as xla

@@ -111,9 +111,9 @@ def ring_tiles(*, mask, logits_fn, scale, block_q: int = 128, block_kv: int = 12
     one visiting key shard.
 
     ``fwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg) -> (out, lse [B,T,N])`` and
-    ``bwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg, lse, delta, d_out) -> (dq, dk, dv)``, where
-    the backward is driven by the GLOBAL ``lse`` and ``delta = rowsum(d_out * out) - d_lse`` of
-    the merged result, so the per-shard gradients sum to the exact ones.
+    ``bwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg, out, lse, d_out, d_lse) -> (dq, dk, dv)``,
+    where the backward is driven by the GLOBAL (merged) ``out`` and ``lse`` and their
+    cotangents, so the per-shard gradients sum to the exact ones.
     """
 
     def fwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg):
@@ -123,10 +123,11 @@ def ring_tiles(*, mask, logits_fn, scale, block_q: int = 128, block_kv: int = 12
         out, lse = _forward(st, *padded)
         return out[:, : q.shape[1]], lse[:, : q.shape[1]]
 
-    def bwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg, lse, delta, d_out):
+    def bwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg, out, lse, d_out, d_lse):
         st, padded = _setup(
             q, k, v, q_pos, k_pos, q_seg, k_seg, mask, logits_fn, scale, block_q, block_kv
         )
+        delta = _delta(out, d_out, d_lse)
         rows = (_pad(x, st.block_q) for x in (lse, delta, d_out))
         dq, dk, dv = _backward(st, *padded, *rows)
         return dq[:, : q.shape[1]], dk[:, : k.shape[1]], dv[:, : k.shape[1]]
@@ -279,9 +280,15 @@ def _flash_fwd(st, q, k, v, q_pos, k_pos, q_seg, kv_seg, visits):
 def _flash_bwd(st: _Static, res: tuple[Any, ...], cts):
     q, k, v, q_pos, k_pos, q_seg, kv_seg, visits, out, lse = res
     d_out, d_lse = cts
-    delta = jnp.einsum("btnh,btnh->btn", d_out.astype(_F32), out.astype(_F32)) - d_lse
+    delta = _delta(out, d_out, d_lse)
     dq, dk, dv = _backward(st, q, k, v, q_pos, k_pos, q_seg, kv_seg, visits, lse, delta, d_out)
     return dq, dk, dv, None, None, None, None, None
+
+
+def _delta(out, d_out, d_lse):
+    """Flash backward's row term ``rowsum(d_out * out)``, minus the lse cotangent (``d lse_i /
+    d s_ij = p_ij``, so an lse cotangent shifts it): ``[B, T, N] float32``."""
+    return jnp.einsum("btnh,btnh->btn", d_out.astype(_F32), out.astype(_F32)) - d_lse
 
 
 def _backward(st: _Static, q, k, v, q_pos, k_pos, q_seg, kv_seg, visits, lse, delta, d_out):

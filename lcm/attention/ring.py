@@ -33,17 +33,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from lcm.attention import blockwise, core
+from lcm.attention import blockwise, core, pallas
 from lcm.attention.merge import merge_attention
 from lcm.parallel import sharding
 
 # fwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg) -> (out [B,T,N,H], lse [B,T,N] f32)
-# bwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg, lse, delta, dout) -> (dq, dk, dv), where
-#   delta [B,T,N] = rowsum(dout * out) - dlse (flash backward D, lse cotangent folded in)
+# bwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg, out, lse, dout, dlse) -> (dq, dk, dv), given
+#   the GLOBAL (merged) out and lse and their cotangents: the shard's exact gradient share
 TileFwd = Callable[..., tuple[jax.Array, jax.Array]]
 TileBwd = Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
 
 LAYOUTS = ("contiguous", "striped", "zigzag")
+INNER = {"blockwise": blockwise.ring_tiles, "pallas": pallas.ring_tiles}
 
 
 def _rotate(axis_name: str, n: int, *xs):
@@ -95,13 +96,11 @@ def _ring_bwd_rule(axis_name, fwd_tile, bwd_tile, residuals, cotangents):
     del fwd_tile
     q, k, v, q_pos, k_pos, q_seg, k_seg, out, lse = residuals
     dout, dlse = cotangents
-    # d lse_i / d s_ij = p_ij, so an lse cotangent just shifts flash backward's row term D.
-    delta = jnp.einsum("BTNH,BTNH->BTN", dout.astype(jnp.float32), out) - dlse
     n = jax.lax.axis_size(axis_name)
 
     def step(carry, _):
         dq, kv, dk, dv = carry
-        dq_t, dk_t, dv_t = bwd_tile(q, *kv[:2], q_pos, kv[2], q_seg, kv[3], lse, delta, dout)
+        dq_t, dk_t, dv_t = bwd_tile(q, *kv[:2], q_pos, kv[2], q_seg, kv[3], out, lse, dout, dlse)
         dk, dv = dk + dk_t.astype(jnp.float32), dv + dv_t.astype(jnp.float32)
         rotated = _rotate(axis_name, n, *kv, dk, dv)
         return (dq + dq_t.astype(jnp.float32), rotated[:4], *rotated[4:]), None
@@ -179,6 +178,7 @@ def ring_impl(
     scale,
     return_lse,
     axis_name: str = "context",
+    inner: str = "blockwise",
     block_q: int = 128,
     block_kv: int = 128,
 ):
@@ -186,8 +186,14 @@ def ring_impl(
 
     Needs a mesh in context with that axis; batch and heads are sharded as the logical rules in
     context say (``batch``, ``heads``, ``kv_heads``). Sequence lengths must divide evenly over
-    the ring. Returns ``(out, lse or None)``.
+    the ring. ``inner`` computes each step's tile: ``blockwise`` (plain JAX, any mask and
+    logits hook) or ``pallas`` (the flash kernel: Causal/Full masks, no logits hook).
+    Returns ``(out, lse or None)``.
     """
+    if inner not in INNER:
+        raise ValueError(f"ring inner = {inner!r}; allowed: {', '.join(INNER)}")
+    if inner == "pallas" and logits_fn is not None:
+        raise ValueError("ring inner 'pallas' cannot run a positional logits hook; use 'blockwise'")
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or axis_name not in mesh.axis_names:
         raise ValueError(
@@ -201,7 +207,7 @@ def ring_impl(
     batch, heads, kv_heads = (_mesh_axes(x) for x in ("batch", "heads", "kv_heads"))
     q_spec, kv_spec = P(batch, axis_name, heads, None), P(batch, axis_name, kv_heads, None)
     row_spec = P(batch, axis_name)
-    fwd_tile, bwd_tile = blockwise.ring_tiles(
+    fwd_tile, bwd_tile = INNER[inner](
         mask=mask, logits_fn=logits_fn, scale=scale, block_q=block_q, block_kv=block_kv
     )
     sharded = jax.shard_map(

@@ -85,7 +85,7 @@ def _attention_options(attention, impl: str) -> tuple[tuple[str, Any], ...]:
     if impl in TILED_IMPLS:
         options.update(block_q=attention.block_q, block_kv=attention.block_kv)
     if impl == "ring":
-        options.update(axis_name=attention.ring_axis)
+        options.update(axis_name=attention.ring_axis, inner=attention.ring_inner)
     return tuple(options.items())
 
 

@@ -120,3 +120,15 @@ def test_every_config_builds(path):
         jax.ShapeDtypeStruct((1, t), jnp.int32),
     )
     assert shapes["params"]
+
+
+def test_pallas_model_matches_blockwise():
+    config = _config(attention__block_q=64, attention__block_kv=64)
+    model, params, tokens, positions = _init(config)
+    pallas = model_lib.Transformer(model_lib.build_spec(config, attention_impl="pallas"))
+    np.testing.assert_allclose(
+        pallas.apply({"params": params}, tokens, positions),
+        model.apply({"params": params}, tokens, positions),
+        rtol=1e-5,
+        atol=1e-5,
+    )
