@@ -178,6 +178,8 @@ def ring_impl(
     scale,
     return_lse,
     axis_name: str = "context",
+    mesh: jax.sharding.Mesh | None = None,
+    layout: str | None = None,
     inner: str = "blockwise",
     block_q: int = 128,
     block_kv: int = 128,
@@ -185,25 +187,34 @@ def ring_impl(
     """``attend(..., impl="ring")``: queries and keys sharded along the sequence on ``axis_name``.
 
     Needs a mesh in context with that axis; batch and heads are sharded as the logical rules in
-    context say (``batch``, ``heads``, ``kv_heads``). Sequence lengths must divide evenly over
-    the ring. ``inner`` computes each step's tile: ``blockwise`` (plain JAX, any mask and
-    logits hook) or ``pallas`` (the flash kernel: Causal/Full masks, no logits hook).
+    context say (``batch``, ``heads``, ``kv_heads``). ``mesh`` overrides the mesh in context.
+    Arrays are global and already in the token order of ``layout`` (``permute``); masks read
+    true positions, so ``layout`` only sets the divisibility the layout needs (zigzag: 2n
+    chunks). Sequence lengths must divide evenly over the ring; per-device lengths need not be
+    multiples of the blocks (tiles pad). ``inner`` computes each step's tile: ``blockwise``
+    (plain JAX, any mask and logits hook) or ``pallas`` (flash kernel: Causal/Full, no hook).
     Returns ``(out, lse or None)``.
     """
     if inner not in INNER:
         raise ValueError(f"ring inner = {inner!r}; allowed: {', '.join(INNER)}")
     if inner == "pallas" and logits_fn is not None:
         raise ValueError("ring inner 'pallas' cannot run a positional logits hook; use 'blockwise'")
-    mesh = jax.sharding.get_abstract_mesh()
+    mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
     if mesh.empty or axis_name not in mesh.axis_names:
         raise ValueError(
             f"attention impl 'ring' needs a mesh with axis {axis_name!r} in context "
             f"(lcm.parallel.sharding.use_mesh); got axes {tuple(mesh.axis_names)}"
         )
     n = mesh.shape[axis_name]
+    chunks = n * (2 if layout == "zigzag" else 1)
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"ring layout = {layout!r}; allowed: {', '.join(LAYOUTS)}")
     for name, x in (("query length T", q), ("key length S", k)):
-        if x.shape[1] % n:
-            raise ValueError(f"ring: {name} = {x.shape[1]} must be a multiple of {axis_name}={n}")
+        if x.shape[1] % chunks:
+            raise ValueError(
+                f"ring: {name} = {x.shape[1]} must be a multiple of {chunks} "
+                f"({axis_name}={n}, layout={layout or 'as given'})"
+            )
     batch, heads, kv_heads = (_mesh_axes(x) for x in ("batch", "heads", "kv_heads"))
     q_spec, kv_spec = P(batch, axis_name, heads, None), P(batch, axis_name, kv_heads, None)
     row_spec = P(batch, axis_name)
@@ -214,6 +225,7 @@ def ring_impl(
         functools.partial(
             ring_attention, axis_name=axis_name, fwd_tile=fwd_tile, bwd_tile=bwd_tile
         ),
+        mesh=mesh,
         in_specs=(q_spec, kv_spec, kv_spec, row_spec, row_spec, row_spec, row_spec),
         out_specs=(q_spec, P(batch, axis_name, heads)),
         # The blockwise tiles start their loop carries from fresh constants, which the
@@ -228,12 +240,30 @@ def ring_impl(
         (q_spec, kv_spec, kv_spec, row_spec, row_spec, row_spec, row_spec),
         strict=True,
     )
-    out, lse = sharded(*(sharding.constrain_spec(x, spec) for x, spec in args))
+    out, lse = sharded(*(sharding.constrain_spec(x, spec, mesh) for x, spec in args))
     return out.astype(q.dtype), (lse if return_lse else None)
 
 
+def permute(x, layout: str, num_shards: int, axis: int = 1):
+    """Reorders ``x`` along ``axis`` (the sequence) into ``layout`` for ``num_shards`` devices.
+
+    Apply it once, at data-loading time, to tokens, targets, positions and segment ids alike;
+    positions keep the TRUE token positions, which is all masks and positional schemes read.
+    """
+    perm = layout_permutation(np.shape(x)[axis], num_shards, layout)
+    return np.take(x, perm, axis=axis) if isinstance(x, np.ndarray) else jnp.take(x, perm, axis)
+
+
+def unpermute(x, layout: str, num_shards: int, axis: int = 1):
+    """Inverse of ``permute``: back to the original token order."""
+    inverse = np.argsort(layout_permutation(np.shape(x)[axis], num_shards, layout))
+    return (
+        np.take(x, inverse, axis=axis) if isinstance(x, np.ndarray) else jnp.take(x, inverse, axis)
+    )
+
+
 def permute_batch(batch: dict, *, layout: str, num_shards: int) -> dict:
-    """Reorders every ``[B, T, ...]`` array of a batch into ``layout`` along T (on the host).
+    """``permute`` applied to every ``[B, T, ...]`` array of a host batch.
 
     The model reads only explicit positions and segment ids and the loss sums over tokens, so
     training on the permuted batch is exactly training on the original one; only the causal
@@ -241,7 +271,4 @@ def permute_batch(batch: dict, *, layout: str, num_shards: int) -> dict:
     """
     if layout == "contiguous" or num_shards == 1:
         return batch
-    lengths = {np.shape(x)[1] for x in batch.values()}
-    (length,) = lengths
-    perm = layout_permutation(length, num_shards, layout)
-    return {key: np.asarray(x)[:, perm] for key, x in batch.items()}
+    return {key: permute(np.asarray(x), layout, num_shards) for key, x in batch.items()}

@@ -114,14 +114,16 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     return constrain_spec(x, nn.logical_to_mesh_axes(tuple(names)))
 
 
-def constrain_spec(x: jax.Array, spec: PartitionSpec) -> jax.Array:
-    """``constrain`` with a mesh-axis ``PartitionSpec`` (for code that names mesh axes: ring)."""
-    mesh = jax.sharding.get_abstract_mesh()
+def constrain_spec(x: jax.Array, spec: PartitionSpec, mesh=None) -> jax.Array:
+    """``constrain`` with a mesh-axis ``PartitionSpec`` (for code that names mesh axes: ring),
+    on ``mesh`` or, by default, the mesh in context."""
+    mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
     if mesh.empty:
         return x
+    target = NamedSharding(mesh, spec)
     if all(t == AxisType.Explicit for t in mesh.axis_types):
-        return jax.sharding.reshard(x, spec)
-    return jax.lax.with_sharding_constraint(x, spec)
+        return jax.sharding.reshard(x, target)
+    return jax.lax.with_sharding_constraint(x, target)
 
 
 def param(init_fn, names: Sequence[str | None]):

@@ -1,5 +1,6 @@
 """Ring attention vs the reference on 8 simulated devices: outputs, lse and gradients."""
 
+import contextlib
 import dataclasses
 
 import jax
@@ -19,7 +20,7 @@ def _mesh(devices, axis_types="auto", shape=(2, 1, 4, 1)):
     )
 
 
-def _inputs(b=2, t=64, n=4, kh=2, h=8, layout="contiguous", shards=4, seed=0):
+def _inputs(b=4, t=64, n=4, kh=2, h=8, seed=0):
     rng = np.random.default_rng(seed)
     q = rng.standard_normal((b, t, n, h), dtype=np.float32)
     k = rng.standard_normal((b, t, kh, h), dtype=np.float32)
@@ -29,8 +30,7 @@ def _inputs(b=2, t=64, n=4, kh=2, h=8, layout="contiguous", shards=4, seed=0):
     seg[0, 21:] = 2  # two packed documents in row 0
     pos[0, 21:] -= 21
     seg[1, -5:] = 0  # padding at the end of row 1
-    perm = ring.layout_permutation(t, shards, layout)
-    return [x[:, perm] for x in (q, k, v, pos, seg)]
+    return q, k, v, pos, seg
 
 
 def _attend(impl, mask, logits_fn=None, **options):
@@ -60,20 +60,34 @@ class _SoftCap:
 
 @pytest.mark.multidevice
 @pytest.mark.parametrize(
-    "layout, mask, logits_fn, axis_types",
+    "layout, mask, logits_fn, shape, axis_types, block, pass_mesh",
     [
-        ("contiguous", attention.Causal(), None, "auto"),
-        ("striped", attention.Causal(), None, "auto"),
-        ("zigzag", attention.Causal(), _SoftCap(), "auto"),
-        ("zigzag", attention.SlidingWindow(9) | attention.Sink(3), None, "explicit"),
-        ("contiguous", attention.Full(), None, "explicit"),
+        ("contiguous", attention.Causal(), None, (2, 1, 4, 1), "auto", 8, False),
+        ("striped", attention.Causal(), None, (1, 1, 8, 1), "auto", 8, False),
+        ("zigzag", attention.Causal(), _SoftCap(), (2, 2, 2, 1), "auto", 5, False),
+        (
+            "zigzag",
+            attention.SlidingWindow(9) | attention.Sink(3),
+            None,
+            (2, 1, 4, 1),
+            "explicit",
+            8,
+            True,
+        ),
+        ("contiguous", attention.Full(), None, (2, 1, 4, 1), "explicit", 8, False),
+        ("striped", attention.SlidingWindow(9), None, (1, 1, 8, 1), "explicit", 3, True),
     ],
 )
-def test_ring_matches_reference_outputs_and_grads(devices8, layout, mask, logits_fn, axis_types):
-    q, k, v, pos, seg = _inputs(layout=layout)
-    ring_fn = jax.jit(_attend("ring", mask, logits_fn, block_q=8, block_kv=8))
+def test_ring_matches_reference_outputs_and_grads(
+    devices8, layout, mask, logits_fn, shape, axis_types, block, pass_mesh
+):
+    """Global arrays in the layout's order (``ring.permute``) vs the reference on them."""
+    mesh = _mesh(devices8, axis_types, shape)
+    q, k, v, pos, seg = (ring.permute(x, layout, shape[2]) for x in _inputs())
+    options = {"mesh": mesh, "layout": layout} if pass_mesh else {}
+    ring_fn = jax.jit(_attend("ring", mask, logits_fn, block_q=block, block_kv=block, **options))
     ref_fn = _attend("reference", mask, logits_fn)
-    with sharding.use_mesh(_mesh(devices8, axis_types)):
+    with contextlib.nullcontext() if pass_mesh else sharding.use_mesh(mesh):
         (out, lse), vjp = jax.vjp(lambda q, k, v: ring_fn(q, k, v, pos, seg), q, k, v)
         rng = np.random.default_rng(1)
         dout = rng.standard_normal(out.shape, dtype=np.float32)
@@ -88,6 +102,15 @@ def test_ring_matches_reference_outputs_and_grads(devices8, layout, mask, logits
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_permute_and_unpermute_are_inverse():
+    x = np.arange(2 * 32).reshape(2, 32)
+    for layout in ring.LAYOUTS:
+        y = ring.permute(x, layout, 4)
+        np.testing.assert_array_equal(ring.unpermute(y, layout, 4), x)
+        np.testing.assert_array_equal(ring.unpermute(jnp.asarray(y), layout, 4), x)
+    np.testing.assert_array_equal(ring.permute(x, "striped", 4)[0, :4], [0, 4, 8, 12])
+
+
 @pytest.mark.multidevice
 def test_ring_hlo_permutes_and_never_all_gathers(devices8):
     q, k, v, pos, seg = _inputs()
@@ -100,7 +123,7 @@ def test_ring_hlo_permutes_and_never_all_gathers(devices8):
 
 
 def test_ring_needs_a_mesh_with_its_axis():
-    q, k, v, pos, seg = _inputs(shards=1)
+    q, k, v, pos, seg = _inputs()
     with pytest.raises(ValueError, match="impl 'ring' needs a mesh with axis 'context'"):
         _attend("ring", attention.Causal())(q, k, v, pos, seg)
 
@@ -118,11 +141,19 @@ def test_layout_permutations_match_published_examples():
 
 
 @pytest.mark.parametrize(
-    "layout, ratio", [("contiguous", 1.749), ("striped", 1.006), ("zigzag", 1.000)]
+    "n, layout, ratio",
+    [
+        (4, "contiguous", 1.749),
+        (4, "striped", 1.006),
+        (4, "zigzag", 1.000),
+        (8, "contiguous", 1.874),
+        (8, "striped", 1.007),
+        (8, "zigzag", 1.000),
+    ],
 )
-def test_causal_load_balance_per_ring_step(layout, ratio):
-    """Sum over ring steps of the busiest device's causal pairs, over the ideal (S=128, n=4)."""
-    n, s = 4, 128
+def test_causal_load_balance_per_ring_step(n, layout, ratio):
+    """Sum over ring steps of the busiest device's causal pairs, over the ideal (S=128)."""
+    s = 128
     perm = ring.layout_permutation(n * s, n, layout)
     shards = perm.reshape(n, s)
     total = 0

@@ -1,0 +1,108 @@
+"""Ring attention benchmark on 8 simulated CPU devices; prints one JSON line per case.
+
+    python experiments/bench_ring.py [--seq 4096] [--mem-seq 65536] [--reps 3]
+
+Timing: B=1, N=8, H=64, causal, float32, mesh (context=8), each token layout; fwd and fwd+bwd
+medians of the jitted call (compile excluded). Memory: per-device bytes XLA reserves for the
+compiled fwd+bwd program (``compiled.memory_analysis()``: arguments + outputs + temporaries),
+ring over 8 devices vs blockwise on 1 device at ``--mem-seq`` (compiled, not run).
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from lcm import attention
+from lcm.attention import ring
+from lcm.parallel import mesh as mesh_lib
+from lcm.parallel import sharding
+
+N, H = 8, 64
+
+
+def _fns(impl, block):
+    def fwd(q, k, v, pos):
+        return attention.attend(
+            q, k, v, mask=attention.Causal(), impl=impl, q_pos=pos, k_pos=pos,
+            block_q=block, block_kv=block,
+        )  # fmt: skip
+
+    def fwd_bwd(q, k, v, pos):
+        return jax.grad(lambda q, k, v: fwd(q, k, v, pos).sum(), argnums=(0, 1, 2))(q, k, v)
+
+    return jax.jit(fwd), jax.jit(fwd_bwd)
+
+
+def _median_time(fn, args, reps):
+    jax.block_until_ready(fn(*args))  # compile
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _inputs(t, layout, shards):
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, t, N, H), dtype=np.float32) for _ in range(3))
+    pos = np.arange(t, dtype=np.int32)[None]
+    return [ring.permute(x, layout, shards) for x in (q, k, v, pos)]
+
+
+def _per_device_bytes(fn, args) -> int:
+    m = fn.lower(*args).compile().memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seq", type=int, default=4096)
+    parser.add_argument("--mem-seq", type=int, default=65536)
+    parser.add_argument("--block", type=int, default=128)
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    mesh = mesh_lib.make_mesh(
+        {"axes": mesh_lib.MESH_AXES, "shape": (1, 1, 8, 1), "axis_types": "auto"}
+    )
+    common = {"B": 1, "N": N, "H": H, "dtype": "float32", "mask": "causal", "block": args.block}
+    with sharding.use_mesh(mesh):
+        fwd, fwd_bwd = _fns("ring", args.block)
+        for layout in ring.LAYOUTS:
+            inputs = _inputs(args.seq, layout, 8)
+            record = {"impl": "ring", "devices": 8, "layout": layout, "T": args.seq, **common}
+            record["fwd_s"] = _median_time(fwd, inputs, args.reps)
+            record["fwd_bwd_s"] = _median_time(fwd_bwd, inputs, args.reps)
+            record["load"] = os.getloadavg()[0]
+            print(json.dumps(record), flush=True)
+        big = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in _inputs(args.mem_seq, "zigzag", 8)]
+        ring_bytes = _per_device_bytes(fwd_bwd, big)
+    one = mesh_lib.make_mesh(
+        {"axes": mesh_lib.MESH_AXES, "shape": (1, 1, 1, 1), "axis_types": "auto"},
+        devices=jax.devices()[:1],
+    )
+    with sharding.use_mesh(one):
+        _, single = _fns("blockwise", args.block)
+        single_bytes = _per_device_bytes(single, big)
+    print(
+        json.dumps(
+            {
+                "T": args.mem_seq, **common, "fwd_bwd_bytes_per_device_ring8": ring_bytes,
+                "fwd_bwd_bytes_one_device_blockwise": single_bytes,
+                "ratio": ring_bytes / single_bytes,
+            }
+        ),
+        flush=True,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
