@@ -18,6 +18,7 @@ import importlib.util
 import itertools
 import math
 import pathlib
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -50,6 +51,8 @@ TILED_IMPLS = ("blockwise", "pallas", "ring")
 def load_config(spec: str) -> ConfigDict:
     """Loads ``path/to/config.py[:arg]`` by calling its ``get_config([arg])``; returns it locked."""
     path, _, arg = str(spec).partition(":")
+    if str(REPO_ROOT) not in sys.path:  # experiment configs import `configs.base`
+        sys.path.insert(0, str(REPO_ROOT))
     file = pathlib.Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"config file {path!r} does not exist")
