@@ -33,3 +33,15 @@ def devices8():
     if jax.device_count() < 8:
         pytest.skip(f"needs 8 devices, have {jax.device_count()}")
     return jax.devices()[:8]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compiles():
+    """Tests compile many small programs: skipping most XLA optimizations halves compile time.
+
+    Results are checked against float32 oracles either way; only compile time changes.
+    """
+    previous = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
