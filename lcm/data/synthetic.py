@@ -138,7 +138,9 @@ def _haystack(kind, size, rng, code_lines, type_key, type_value) -> list[str]:
         return [NOISE] * size
     if kind == "needle":
         return [
-            NEEDLE.format(type_needle_v=type_value, key=_draw(rng, type_key), value=_draw(rng, type_value))
+            NEEDLE.format(
+                type_needle_v=type_value, key=_draw(rng, type_key), value=_draw(rng, type_value)
+            )
             for _ in range(size)
         ]
     if not code_lines:
@@ -168,7 +170,7 @@ def _niah(haystack, type_key, type_value, num_keys=1, num_values=1, num_queries=
         ]
         # The depth-placed needle is the first value of the first queried key.
         gold = queried[0] * num_values
-        needles = [needles[gold]] + needles[:gold] + needles[gold + 1 :]
+        needles = [needles[gold], *needles[:gold], *needles[gold + 1 :]]
         units = _haystack(haystack, size, rng, code_lines, type_key, type_value)
         context = "\n".join(_insert(units, needles, round(depth * size), rng))
         template, type_v = NIAH_TEMPLATE, type_value
@@ -331,7 +333,7 @@ def make_sample(
 
 @CORPORA.register("synthetic_tasks")
 def synthetic_corpus(data_config) -> Corpus:
-    """``SAMPLES_PER_TASK`` prompt+answer documents per task at ``seq_len`` bytes (no code tasks)."""
+    """``SAMPLES_PER_TASK`` prompt+answer documents per task at ``seq_len`` bytes (no code)."""
     documents = []
     for task, spec in TASKS.items():
         if spec.needs_code:
