@@ -1,5 +1,6 @@
 """A tiny random model shared by the eval tests."""
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ def init_params(model, seed=0, length=16):
     tokens = np.zeros((1, length), np.int32)
     positions = np.arange(length, dtype=np.int32)[None]
     init = jax.jit(model.init)
-    return init(jax.random.key(seed), tokens, positions, np.ones_like(tokens))["params"]
+    return nn.unbox(init(jax.random.key(seed), tokens, positions, np.ones_like(tokens))["params"])
 
 
 @pytest.fixture(scope="module")

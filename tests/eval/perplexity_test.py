@@ -9,7 +9,6 @@ from lcm import model as model_lib
 from lcm.data import EvalDocument
 from lcm.eval import perplexity
 
-
 PAD = 48  # oracle forwards run at one padded length (causal: later tokens change nothing)
 
 

@@ -56,7 +56,9 @@ def test_niah_single_golden_singular_wording():
 def test_niah_multiquery_plural_wording_and_needles():
     prompt, refs = synthetic.TASKS["niah_multiquery"].generate(random.Random(3), 6, 0.5, CODE)
     assert prompt.startswith("Some special magic numbers are hidden within the following text.")
-    needles = re.findall(r"One of the special magic numbers for ([a-z]+-[a-z]+) is: (\d{7})\.", prompt)
+    needles = re.findall(
+        r"One of the special magic numbers for ([a-z]+-[a-z]+) is: (\d{7})\.", prompt
+    )
     assert len(needles) == 4
     keys = [k for k, _ in needles]
     assert sorted(refs) == sorted(v for _, v in needles)
@@ -74,7 +76,9 @@ def test_niah_multivalue_and_uuid_keys():
     uuid = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
     lines = prompt.split("\n")[1:-1]
     assert len(lines) == 4  # 3 distractor needles + the gold one, every line a needle
-    assert all(re.fullmatch(rf"One of the special magic uuids for {uuid} is: {uuid}\.", x) for x in lines)
+    assert all(
+        re.fullmatch(rf"One of the special magic uuids for {uuid} is: {uuid}\.", x) for x in lines
+    )
     assert lines[0].endswith(f"is: {refs[0]}.")  # depth 0: gold needle first
 
 
