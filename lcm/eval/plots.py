@@ -12,6 +12,7 @@ import pathlib
 from collections.abc import Sequence
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -28,6 +29,8 @@ def perplexity_plot(runs: Sequence[dict], path: str | pathlib.Path) -> pathlib.P
         ax.plot(xs, ys, marker="o", label=f"{run['label']} ({ppl['protocol']})")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("evaluation length (tokens)")
     ax.set_ylabel("perplexity")
     ax.grid(True, which="both", alpha=0.3)
@@ -46,8 +49,7 @@ def heatmap(task: str, record: dict, path: str | pathlib.Path, *, title: str = "
         if cell["score"] is not None:
             grid[depths.index(cell["depth"]), lengths.index(cell["length"])] = cell["score"]
     fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(lengths), 1.2 + 0.5 * len(depths)))
-    cmap = matplotlib.colormaps["RdYlGn"].copy()
-    cmap.set_bad("lightgrey")
+    cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="lightgrey")
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(lengths)), [str(n) for n in lengths])
     ax.set_yticks(range(len(depths)), ["-" if d is None else f"{100 * d:g}%" for d in depths])
