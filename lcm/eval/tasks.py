@@ -55,9 +55,10 @@ def target_nll(logprob_fn, params, prompt: np.ndarray, target: np.ndarray, *, le
     tokens = np.zeros((1, length), np.int32)
     tokens[0, : len(prompt)] = prompt
     tokens[0, len(prompt) : len(prompt) + len(target)] = target
-    logp = np.asarray(logprob_fn(params, tokens))
     rows = len(prompt) - 1 + np.arange(len(target))
-    return float(-logp[rows, target].mean())
+    # Gathered on device: only len(target) numbers come back, not the [L, V] table.
+    picked = logprob_fn(params, tokens)[jnp.asarray(rows), jnp.asarray(target)]
+    return float(-np.asarray(picked).mean())
 
 
 def run_task(
