@@ -123,9 +123,19 @@ def get_config() -> ConfigDict:
 
     # ---- evaluation ----------------------------------------------------------------------
     config.eval = ConfigDict()
-    config.eval.lengths = (128, 256, 512, 1024)  # evaluation lengths in tokens
+    config.eval.lengths = (128, 256, 512, 1024)  # evaluation lengths in tokens (every task)
     config.eval.protocol = "truncate"  # perplexity protocol: truncate | sliding
-    config.eval.num_documents = 8  # held-out documents per length
+    config.eval.num_documents = 8  # held-out documents with > max(lengths) tokens, first by name
+    config.eval.stride = 0  # sliding: window step in tokens (<= min(lengths)); 0 = length // 8
+    config.eval.init = "checkpoint"  # checkpoint (newest readable in workdir) | random
+    # Tasks run in order: perplexity and the lcm.data.synthetic.TASKS names.
+    config.eval.tasks = ("perplexity", "passkey", "niah_single_1", "niah_single_2", "vt", "fwe")
+    config.eval.depths = (0.0, 0.25, 0.5, 0.75, 1.0)  # needle depths (fraction), swept tasks
+    config.eval.samples_per_cell = 2  # generated samples per (task, length, depth) cell
+    config.eval.seed = 0  # seed of every generated sample (random init uses train.seed)
+    config.eval.batch_size = 1  # perplexity windows per forward pass
+    config.eval.label = ""  # run name: results in workdir/eval/<label>/; "" = workdir/eval/
+    config.eval.compare = ()  # more results.json paths drawn in the perplexity plot
 
     # ---- device mesh (lcm.parallel) ------------------------------------------------------
     config.mesh = ConfigDict()

@@ -18,6 +18,7 @@ import importlib.util
 import itertools
 import math
 import pathlib
+import re
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,6 +27,7 @@ from ml_collections import ConfigDict, FieldReference
 
 from lcm.attention import ATTENTION
 from lcm.attention import ring as ring_lib
+from lcm.data import synthetic
 from lcm.data.corpora import CORPORA
 from lcm.data.packing import PACKINGS
 from lcm.data.tokenizers import BYTE_VOCAB_SIZE
@@ -44,6 +46,7 @@ ROPE_LAYOUTS = ("half", "interleaved")
 MASKS = schedule_lib.MASKS
 TOKENIZER_SUFFIXES = (".model", ".json")  # SentencePiece, Hugging Face
 EVAL_PROTOCOLS = ("truncate", "sliding")
+EVAL_INITS = ("checkpoint", "random")
 # Implementations that tile the sequence: their block sizes must divide the training length.
 TILED_IMPLS = ("blockwise", "pallas", "ring")
 
@@ -410,7 +413,37 @@ def _check_train_eval(c: _Checker) -> None:
         "must be a non-empty tuple of positive integers",
     )
     c.one_of("eval.protocol", EVAL_PROTOCOLS)
-    c.positive_int("eval.num_documents")
+    c.positive_int("eval.num_documents", "eval.samples_per_cell", "eval.batch_size")
+    c.one_of("eval.init", EVAL_INITS)
+    c.check("eval.seed", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
+    lengths = c.get("eval.lengths")
+    shortest = min(lengths) if lengths and all(_is_positive_int(x) for x in lengths) else None
+    c.check(
+        "eval.stride",
+        lambda v: isinstance(v, int) and 0 <= v and (shortest is None or v <= shortest),
+        f"must be an integer in [0, min(eval.lengths) = {shortest}] (0 = length // 8)",
+    )
+    tasks = ("perplexity", *synthetic.TASKS)
+    c.check(
+        "eval.tasks",
+        lambda v: len(v) > 0 and all(t in tasks for t in v),
+        f"must be a non-empty tuple of: {', '.join(tasks)}",
+    )
+    c.check(
+        "eval.depths",
+        lambda v: len(v) > 0 and all(_is_number(d) and 0 <= d <= 1 for d in v),
+        "must be a non-empty tuple of numbers in [0, 1]",
+    )
+    c.check(
+        "eval.label",
+        lambda v: re.fullmatch(r"[A-Za-z0-9_.+=-]*", v) and v not in (".", ".."),
+        "must be a directory name: letters, digits and _ . + = - only",
+    )
+    c.check(
+        "eval.compare",
+        lambda v: all(isinstance(p, str) for p in v),
+        "must be a tuple of results.json paths",
+    )
 
 
 def _check_mesh(c: _Checker, num_devices: int | None) -> None:

@@ -26,6 +26,7 @@ text, jsonl; the ``CORPORA`` registry; the held-out split), ``cache`` (tensorsto
 cache), ``packing`` (pieces, per-host shard, grain packers), ``pipeline`` (the entry points).
 """
 
+from lcm.data import synthetic  # registers the synthetic_tasks corpus
 from lcm.data.cache import TokenizedCorpus, tokenize_corpus
 from lcm.data.corpora import CORPORA, Corpus, Document
 from lcm.data.pipeline import (
@@ -53,5 +54,6 @@ __all__ = [
     "make_eval_documents",
     "make_eval_iterator",
     "make_train_iterator",
+    "synthetic",
     "tokenize_corpus",
 ]

@@ -50,16 +50,31 @@ class Checkpointer:
         Returns:
           ``(step, state)``, or ``(None, None)`` when there is no checkpoint.
         """
+        return self._restore_newest(
+            lambda: ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=grain.checkpoint.CheckpointRestore(data_iterator),
+            )
+        )
+
+    def restore_latest_state(self, abstract_state):
+        """Restores only the train state of the newest readable checkpoint (no data iterator).
+
+        For evaluation: the ``data`` item is not read. ``abstract_state`` carries the target
+        shardings, which may differ from the ones the checkpoint was saved with.
+
+        Returns:
+          ``(step, state)``, or ``(None, None)`` when there is no checkpoint.
+        """
+        return self._restore_newest(
+            lambda: ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        )
+
+    def _restore_newest(self, make_args):
         steps = sorted(self.manager.all_steps(), reverse=True)
         for step in steps:
             try:
-                restored = self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state),
-                        data=grain.checkpoint.CheckpointRestore(data_iterator),
-                    ),
-                )
+                restored = self.manager.restore(step, args=make_args())
             except Exception as err:
                 log.warning(
                     "checkpoint at step %d in %s is unreadable (%s: %s); trying the previous one",

@@ -60,3 +60,28 @@ def test_empty_workdir_restores_nothing(tmp_path):
     assert Checkpointer(tmp_path, every=1, max_to_keep=2).restore_latest(
         _abstract(), _iterator()
     ) == (None, None)
+
+
+def test_restore_latest_state_skips_data_and_corrupt_steps(tmp_path, caplog):
+    it = _iterator()
+    ckpt = Checkpointer(tmp_path, every=1, max_to_keep=5)
+    for step in (1, 2, 3):
+        next(it)
+        ckpt.save(step, _state(step), it)
+    ckpt.close()
+    reader = Checkpointer(tmp_path, every=1, max_to_keep=5)
+    step, state = reader.restore_latest_state(_abstract())
+    assert step == 3
+    np.testing.assert_array_equal(state["w"], np.full((4, 3), 3.0))
+    for f in (tmp_path / "checkpoints" / "3" / "state").rglob("*"):
+        if f.is_file() and "ocdbt" not in f.name and f.stat().st_size > 0:
+            f.write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        step, state = Checkpointer(tmp_path, every=1, max_to_keep=5).restore_latest_state(
+            _abstract()
+        )
+    assert step == 2 and "checkpoint at step 3" in caplog.text
+    np.testing.assert_array_equal(state["w"], np.full((4, 3), 2.0))
+    assert Checkpointer(tmp_path / "none", every=1, max_to_keep=2).restore_latest_state(
+        _abstract()
+    ) == (None, None)

@@ -1,0 +1,138 @@
+"""Running the synthetic tasks: greedy decoding, answer log-likelihood, a score per grid cell.
+
+A sample of length ``L`` is run as one sequence of exactly ``L`` tokens (prompt, then zeros):
+attention is causal, so tokens after the read position cannot change its logits, and every
+forward at that length reuses one compiled shape. Greedy decoding re-runs the forward on the
+growing sequence (no KV cache) and stops at a newline (no answer contains one) or after the
+task's ``max_new_tokens``. The answer's teacher-forced log-likelihood (``Sample.target``, e.g.
+``" 12345"`` for a pass key) is reported as mean NLL per token beside the exact-match score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lcm.data import synthetic
+from lcm.eval import scoring
+
+NEWLINE = "\n"
+
+
+def make_logprob_fn(model) -> Callable:
+    """Jitted ``(params, tokens [1, L]) -> float32 [L, V]`` next-token log-probabilities."""
+
+    def logprobs(params, tokens):
+        length = tokens.shape[1]
+        positions = jnp.arange(length, dtype=jnp.int32)[None]
+        logits = model.apply({"params": params}, tokens, positions, jnp.ones_like(tokens))
+        return jax.nn.log_softmax(logits[0].astype(jnp.float32), axis=-1)
+
+    return jax.jit(logprobs)
+
+
+def greedy_decode(
+    logprob_fn, params, prompt: np.ndarray, *, length: int, max_new_tokens: int, stop_id=None
+) -> list[int]:
+    """Greedy continuation of ``prompt`` (at most ``length`` tokens in all)."""
+    tokens = np.zeros((1, length), np.int32)
+    tokens[0, : len(prompt)] = prompt
+    out = []
+    for pos in range(len(prompt), min(len(prompt) + max_new_tokens, length)):
+        next_id = int(jnp.argmax(logprob_fn(params, tokens)[pos - 1]))
+        if next_id == stop_id:
+            break
+        tokens[0, pos] = next_id
+        out.append(next_id)
+    return out
+
+
+def target_nll(logprob_fn, params, prompt: np.ndarray, target: np.ndarray, *, length: int):
+    """Mean NLL per token of ``target`` following ``prompt`` (teacher forcing)."""
+    tokens = np.zeros((1, length), np.int32)
+    tokens[0, : len(prompt)] = prompt
+    tokens[0, len(prompt) : len(prompt) + len(target)] = target
+    rows = len(prompt) - 1 + np.arange(len(target))
+    # Gathered on device: only len(target) numbers come back, not the [L, V] table.
+    picked = logprob_fn(params, tokens)[jnp.asarray(rows), jnp.asarray(target)]
+    return float(-np.asarray(picked).mean())
+
+
+def run_task(
+    task: str,
+    logprob_fn,
+    params,
+    tokenizer,
+    *,
+    lengths: Sequence[int],
+    depths: Sequence[float],
+    samples_per_cell: int,
+    seed: int,
+    code_lines: Sequence[str] = (),
+    progress: Callable[[str], None] = lambda s: None,
+) -> dict:
+    """Scores ``task`` on the (length, depth) grid; returns its results record.
+
+    Cells where not even the smallest haystack fits the length are recorded with
+    ``"skipped"`` and no score.
+    """
+    spec = synthetic.TASKS[task]
+    cell_depths = list(depths) if spec.uses_depth else [None]
+    stop = tokenizer.encode(NEWLINE)
+    stop_id = int(stop[0]) if len(stop) == 1 else None
+    count = lambda s: len(tokenizer.encode(s))  # noqa: E731
+    cells, done, total = [], 0, len(lengths) * len(cell_depths) * samples_per_cell
+    for length in lengths:
+        for depth in cell_depths:
+            predictions, references, nlls, sizes = [], [], [], []
+            for index in range(samples_per_cell):
+                sample = synthetic.make_sample(
+                    task,
+                    length=length,
+                    depth=depth,
+                    index=index,
+                    seed=seed,
+                    count=count,
+                    code_lines=code_lines,
+                )
+                done += 1
+                if sample is None:
+                    continue
+                prompt = np.asarray(tokenizer.encode(sample.prompt), np.int32)
+                out = greedy_decode(
+                    logprob_fn,
+                    params,
+                    prompt,
+                    length=length,
+                    max_new_tokens=spec.max_new_tokens,
+                    stop_id=stop_id,
+                )
+                target = np.asarray(tokenizer.encode(sample.target), np.int32)
+                predictions.append(tokenizer.decode(np.asarray(out, np.int32)))
+                references.append(sample.references)
+                nlls.append(target_nll(logprob_fn, params, prompt, target, length=length))
+                sizes.append(sample.size)
+                progress(f"{task}: sample {done}/{total} (L={length}, depth={depth})")
+            cell = {"length": length, "depth": depth, "samples": len(predictions)}
+            if predictions:
+                cell.update(
+                    score=scoring.score(spec.metric, predictions, references),
+                    target_nll=float(np.mean(nlls)),
+                    haystack_size=sizes,
+                    example={"prediction": predictions[0], "references": list(references[0])},
+                )
+            else:
+                cell.update(skipped=f"prompt does not fit in {length} tokens", score=None)
+            cells.append(cell)
+    return {
+        "metric": spec.metric,
+        "max_new_tokens": spec.max_new_tokens,
+        "settings": spec.settings,
+        "depths": cell_depths,
+        "lengths": list(lengths),
+        "samples_per_cell": samples_per_cell,
+        "cells": cells,
+    }
