@@ -24,6 +24,13 @@ $(STAMP): setup.cfg pyproject.toml | $(PY)
 run: $(STAMP)
 	@echo ">> main job: train configs/quickstart.py in $(WORKDIR) (resumes if it holds checkpoints)"
 	$(PY) -m lcm.train --config configs/quickstart.py --workdir $(WORKDIR)
+	@echo ">> perplexity at 1x-8x the training length, as trained"
+	$(PY) -m lcm.eval --config configs/quickstart.py --workdir $(WORKDIR)
+	@echo ">> the same with training-free YaRN (factor 8) applied at eval time"
+	$(PY) -m lcm.eval --config configs/quickstart.py --workdir $(WORKDIR) --config.eval.label=yarn8 \
+		--config.model.positional.rope_scaling.rope_type=yarn \
+		--config.model.positional.rope_scaling.factor=8.0 \
+		--config.model.positional.rope_scaling.original_max_position_embeddings=512
 
 lint: $(STAMP)
 	@echo ">> ruff check + ruff format --check"

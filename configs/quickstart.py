@@ -28,4 +28,8 @@ def get_config():
     config.train.eval_every = 50
     config.train.eval_batches = 8
     config.train.checkpoint_every = 50
+    # Evaluation at 1x, 2x, 4x and 8x the training length (python -m lcm.eval).
+    config.eval.lengths = (512, 1024, 2048, 4096)
+    config.eval.tasks = ("perplexity",)
+    config.eval.num_documents = 4
     return config
