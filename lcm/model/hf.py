@@ -37,6 +37,7 @@ from ml_collections import ConfigDict
 
 from lcm.config import base_config
 from lcm.data import tokenizers
+from lcm.model.spec import build_spec
 from lcm.positional.rope_scaling import SCALING_KEYS
 from lcm.positional.schedule import layer_specs
 
@@ -248,9 +249,8 @@ def _layer_to_lcm(t: dict, pre: str, m, fused: bool) -> dict:
 
 
 def _period(config) -> int:
-    from lcm.model.spec import _period as period  # one source of the grouping rule
-
-    return period(layer_specs(config.model))
+    """Layers per scanned group (the schedule's period, as the model groups them)."""
+    return len(build_spec(config).period_layers)
 
 
 def _stack_layers(blocks: list[dict], config) -> dict:
@@ -473,3 +473,57 @@ def save(params: dict, config, path: str | pathlib.Path, *, model_type: str | No
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
     save_file(t, str(path / "model.safetensors"), metadata={"format": "pt"})
+
+
+# Fields a checkpoint's weights fix: a config that sets them differently cannot use the weights.
+_ARCHITECTURE = (
+    "vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+    "tie_embeddings", "qkv_bias", "qk_norm",
+)  # fmt: skip
+
+
+def _flat(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, ConfigDict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key, value
+
+
+def _set(node, key: str, value) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+
+
+def with_checkpoint(config) -> tuple[ConfigDict, dict]:
+    """``config`` with the model of ``config.model.hf_path``, and that checkpoint's params.
+
+    Every ``config.model`` field (and ``data.tokenizer``) left at its ``configs/base.py``
+    default takes the checkpoint's value; fields the config sets differently are kept, so
+    ``--config.model.hf_path=DIR --config.model.positional.rope_scaling.rope_type=yarn ...``
+    runs the checkpoint with another positional scheme or attention implementation.
+
+    Raises:
+      ValueError: ``hf_path`` unset, or an architecture field set to a value the weights
+        cannot have (listed).
+    """
+    if config.model.hf_path is None:
+        raise ValueError("config.model.hf_path is None: no checkpoint to load")
+    loaded, params = load(config.model.hf_path)
+    base = dict(_flat(base_config().model))
+    merged = config.copy_and_resolve_references()
+    with merged.unlocked():
+        clashes = []
+        for key, value in _flat(config.model):
+            theirs = dict(_flat(loaded.model))[key]
+            if value == base[key] or key == "hf_path":
+                _set(merged.model, key, theirs)
+            elif key in _ARCHITECTURE and value != theirs:
+                clashes.append(f"config.model.{key} = {value!r} (checkpoint: {theirs!r})")
+        if clashes:
+            raise ValueError("config.model differs from the checkpoint: " + "; ".join(clashes))
+        if config.data.tokenizer == "byte":
+            merged.data.tokenizer = loaded.data.tokenizer
+    return merged, params

@@ -304,3 +304,38 @@ def test_tokenizer_json(tmp_path):
     config, _ = hf.load(tmp_path)
     assert config.data.tokenizer == str(tmp_path / "tokenizer.json")
     np.testing.assert_array_equal(hf.load_tokenizer(tmp_path).encode("hello world x"), [1, 2, 0])
+
+
+def test_with_checkpoint_keeps_set_fields_and_refuses_clashes(tmp_path):
+    _hf_model("mistral_swa").save_pretrained(tmp_path)
+    config = config_lib.base_config()
+    config.model.hf_path = str(tmp_path)
+    config.model.attention.impl = "xla"  # set: kept
+    config.model.positional.rope_scaling.rope_type = "linear"  # set: kept
+    config.model.positional.rope_scaling.factor = 2.0
+    merged, params = hf.with_checkpoint(config)
+    m = merged.model
+    assert (m.d_model, m.num_heads, m.head_dim, m.attention.window) == (32, 4, 16, 4)
+    assert (m.attention.impl, m.positional.rope_scaling.rope_type) == ("xla", "linear")
+    assert params["embed"]["embedding"].shape == (256, 32)
+    config.model.d_model = 64
+    with pytest.raises(ValueError, match=r"config.model.d_model = 64 \(checkpoint: 32\)"):
+        hf.with_checkpoint(config)
+
+
+def test_train_starts_from_checkpoint(tmp_path):
+    from lcm.train import loop
+
+    model = _hf_model("llama")
+    model.save_pretrained(tmp_path / "hf")
+    config = config_lib.base_config()
+    config.model.hf_path = str(tmp_path / "hf")
+    config.seq_len = 32
+    config.model.attention.block_q = config.model.attention.block_kv = 32
+    config.train.update(num_steps=1, learning_rate=1e-9, warmup_steps=0, eval_every=0)
+    config.train.update(log_every=1, checkpoint_every=1)
+    lines = []
+    out = loop.train(config, str(tmp_path / "work"), log=lines.append)
+    assert any(f"starting from {tmp_path / 'hf'}" in line for line in lines)
+    # O(1) random weights: a loss far from ln(256) = 5.5 shows the weights were used.
+    assert np.isfinite(out["loss"]) and abs(out["loss"] - np.log(256)) > 1.0
