@@ -195,6 +195,14 @@ def test_sharded_checkpoint_and_unscanned_layers(tmp_path):
     tokens = _tokens()
     expected = _hf_logits(model, tokens)
     _assert_close(_lcm_logits(config, params, tokens), expected)
+    config.model.scan_layers = False  # save reads the unscanned layers_{r} tree too
+    unscanned = {k: v for k, v in params.items() if k != "layers"}
+    for r in range(2):
+        unscanned[f"layers_{r}"] = jax.tree.map(lambda x, r=r: x[r], params["layers"])
+    _assert_close(_lcm_logits(config, unscanned, tokens), expected)
+    hf.save(unscanned, config, tmp_path / "saved")
+    _, again = hf.load(tmp_path / "saved")
+    jax.tree.map(np.testing.assert_array_equal, again, params)
 
 
 def test_legacy_config_format(tmp_path):
