@@ -331,6 +331,7 @@ def test_with_checkpoint_keeps_set_fields_and_refuses_clashes(tmp_path):
         hf.with_checkpoint(config)
 
 
+@pytest.mark.slow
 def test_train_starts_from_checkpoint(tmp_path):
     from lcm.train import loop
 
