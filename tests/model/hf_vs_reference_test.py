@@ -261,6 +261,11 @@ def test_missing_and_unused_tensors_are_refused(tmp_path):
     model = _hf_model("llama")
     model.save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
+    hf_config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**hf_config, "intermediate_size": 40}))
+    with pytest.raises(ValueError, match="do not match the model"):
+        hf.load(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(hf_config))
     save_file({**weights, "extra.bias": np.zeros(3, np.float32)}, tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match=r"tensors lcm does not use: \['extra.bias'\]"):
         hf.load(tmp_path)

@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import pathlib
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
 from lcm.data import tokenizers
 from lcm.model.hf.mapping import config_from_hf, hf_config, read_config
 from lcm.model.spec import build_spec
+from lcm.model.transformer import Transformer
 
 
 def _read_tensors(path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -77,7 +80,6 @@ def _period(config) -> int:
 
 def _stack_layers(blocks: list[dict], config) -> dict:
     """Per-layer block params -> lcm's ``layers`` (scanned) or ``layers_{r}`` tree."""
-
     p = _period(config)
     groups = [{f"block{i}": blocks[r * p + i] for i in range(p)} for r in range(len(blocks) // p)]
     if config.model.scan_layers:
@@ -86,7 +88,7 @@ def _stack_layers(blocks: list[dict], config) -> dict:
 
 
 def _unstack_layers(params: dict, config) -> list[dict]:
-
+    """Inverse of ``_stack_layers``: block params of layer 0, 1, ..."""
     p, n = _period(config), config.model.num_layers
     if config.model.scan_layers:
         groups = [
@@ -130,9 +132,24 @@ def load(path: str | pathlib.Path) -> tuple[ConfigDict, dict]:
             params["unembed"] = tensors.pop("lm_head.weight").T
     except KeyError as e:
         raise ValueError(f"hf path {str(path)!r}: missing tensor {e.args[0]}") from None
+    except ValueError as e:  # a reshape or split that does not fit config.json
+        raise ValueError(f"hf path {str(path)!r}: tensor shapes do not fit config.json: {e}") from e
     if tensors:
         raise ValueError(f"hf path {str(path)!r}: tensors lcm does not use: {sorted(tensors)}")
+    _check_shapes(params, config, path)
     return config, params
+
+
+def _check_shapes(params: dict, config, path: pathlib.Path) -> None:
+    """Raises unless ``params`` has exactly the tree and shapes ``Transformer.init`` makes."""
+    ones = jnp.ones((1, 1), jnp.int32)
+    init = jax.eval_shape(
+        lambda: Transformer(build_spec(config)).init(jax.random.key(0), ones, ones)
+    )
+    want = jax.tree.map(lambda x: x.shape, nn.unbox(init["params"]))
+    have = jax.tree.map(np.shape, params)
+    if have != want:
+        raise ValueError(f"hf path {str(path)!r}: params {have} do not match the model's {want}")
 
 
 def load_tokenizer(path: str | pathlib.Path) -> tokenizers.Tokenizer:
