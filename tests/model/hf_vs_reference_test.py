@@ -353,3 +353,15 @@ def test_train_starts_from_checkpoint(tmp_path):
     assert any(f"starting from {tmp_path / 'hf'}" in line for line in lines)
     # O(1) random weights: a loss far from ln(256) = 5.5 shows the weights were used.
     assert np.isfinite(out["loss"]) and abs(out["loss"] - np.log(256)) > 1.0
+
+
+def test_bfloat16_checkpoint_loads_as_float32(tmp_path):
+    model = _hf_model("qwen2_mixed_swa")
+    model.to(torch.bfloat16).save_pretrained(tmp_path)
+    config, params = hf.load(tmp_path)
+    assert params["embed"]["embedding"].dtype == np.float32
+    tokens = _tokens()
+    reference = transformers.AutoModelForCausalLM.from_pretrained(  # bf16 weights in float32
+        tmp_path, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    _assert_close(_lcm_logits(config, params, tokens), _hf_logits(reference, tokens))
