@@ -28,6 +28,12 @@ def get_config() -> ConfigDict:
     config.model.mlp_dim = 512  # [F] SwiGLU hidden width
     config.model.tie_embeddings = True  # share input embedding and output projection
     config.model.qk_norm = False  # RMSNorm on q and k before attention
+    config.model.qkv_bias = False  # learned bias on the q/k/v projections (Qwen2)
+    config.model.norm_eps = 1e-6  # RMSNorm epsilon (HF rms_norm_eps; Phi-3 uses 1e-5)
+    config.model.scale_tied_logits = True  # tied logits / sqrt(d_model); HF checkpoints: False
+    # Hugging Face model directory (config.json + safetensors, lcm.model.hf); when set, scripts
+    # take the model fields and initial weights from it.
+    config.model.hf_path = config_dict.placeholder(str)
     config.model.dtype = "float32"  # compute dtype: float32 | bfloat16
     config.model.param_dtype = "float32"  # parameter dtype: float32 | bfloat16
     config.model.scan_layers = True  # nn.scan over layers (fast compiles)

@@ -192,6 +192,12 @@ def _check_model(c: _Checker) -> None:
     if _is_positive_int(heads) and _is_positive_int(kv_heads) and heads % kv_heads:
         c.fail(m + "num_heads", f"must be a multiple of model.num_kv_heads = {kv_heads}")
     c.check(m + "head_dim", lambda v: v % 2 == 0, "must be even (RoPE rotates pairs)")
+    c.positive(m + "norm_eps")
+    c.check(
+        m + "hf_path",
+        lambda v: v is None or (pathlib.Path(v) / "config.json").is_file(),
+        "must be None or a directory holding a Hugging Face config.json",
+    )
     c.one_of(m + "dtype", DTYPES)
     c.one_of(m + "param_dtype", DTYPES)
     c.one_of(m + "remat_policy", REMAT_POLICIES)

@@ -265,6 +265,13 @@ def test_every_config_validates(path):
         ({"eval__compare": (1,)}, "config.eval.compare = (1,): must be a tuple of results.json"),
         ({"model__vocab_size": "256"}, "config.model.vocab_size = '256': must be of type int"),
         ({"model__qk_norm": 1}, "config.model.qk_norm = 1: must be of type bool"),
+        ({"model__norm_eps": 0.0}, "config.model.norm_eps = 0.0: must be a number > 0"),
+        ({"model__qkv_bias": 1}, "config.model.qkv_bias = 1: must be of type bool"),
+        (
+            {"model__hf_path": "/nonexistent"},
+            "config.model.hf_path = '/nonexistent': must be None or a directory holding a "
+            "Hugging Face config.json",
+        ),
         ({"mesh__shape": (3, 1, 1, 1)}, "config.mesh.shape = (3, 1, 1, 1): product 3 != 8 devices"),
         (
             {"mesh__axes": ("data", "fsdp", "ctx", "tensor")},

@@ -32,6 +32,9 @@ class ModelSpec:
     mlp_dim: int
     tie_embeddings: bool
     qk_norm: bool
+    qkv_bias: bool
+    norm_eps: float
+    scale_tied_logits: bool
     scan_layers: bool
     remat_policy: str
     dtype: Any
@@ -110,6 +113,9 @@ def build_spec(config, *, attention_impl: str | None = None) -> ModelSpec:
         mlp_dim=m.mlp_dim,
         tie_embeddings=m.tie_embeddings,
         qk_norm=m.qk_norm,
+        qkv_bias=m.qkv_bias,
+        norm_eps=m.norm_eps,
+        scale_tied_logits=m.scale_tied_logits,
         scan_layers=m.scan_layers,
         remat_policy=m.remat_policy,
         dtype=DTYPES[m.dtype],

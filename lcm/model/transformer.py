@@ -49,6 +49,10 @@ class Attention(nn.Module):
             w = self.param(name, sharding.param(_DENSE_INIT, names), shape, s.param_dtype)
             return w.astype(s.dtype)
 
+        def bias(name, shape, names):  # Qwen2-style q/k/v projection bias
+            b = self.param(name, sharding.param(nn.initializers.zeros, names), shape, s.param_dtype)
+            return b.astype(s.dtype)
+
         d, n, k, h = s.d_model, s.num_heads, s.num_kv_heads, s.head_dim
         q = jnp.einsum("BTD,DNH->BTNH", x, weight("wq", (d, n, h), ("embed", "heads", "head_dim")))
         kk = jnp.einsum(
@@ -57,8 +61,14 @@ class Attention(nn.Module):
         v = jnp.einsum(
             "BTD,DKH->BTKH", x, weight("wv", (d, k, h), ("embed", "kv_heads", "head_dim"))
         )
+        if s.qkv_bias:
+            q = q + bias("bq", (n, h), ("heads", "head_dim"))
+            kk = kk + bias("bk", (k, h), ("kv_heads", "head_dim"))
+            v = v + bias("bv", (k, h), ("kv_heads", "head_dim"))
         if s.qk_norm:
-            norm = dict(axis_name="head_dim", dtype=s.dtype, param_dtype=s.param_dtype)
+            norm = dict(
+                axis_name="head_dim", eps=s.norm_eps, dtype=s.dtype, param_dtype=s.param_dtype
+            )
             q = layers.RMSNorm(name="q_norm", **norm)(q)
             kk = layers.RMSNorm(name="k_norm", **norm)(kk)
         # Built here so a scheme with parameters (a linen module) becomes a child of this one.
@@ -94,9 +104,9 @@ class Block(nn.Module):
     def __call__(self, x, positions, segment_ids):
         s = self.spec
         norm = dict(dtype=s.dtype, param_dtype=s.param_dtype)
-        h = layers.RMSNorm(name="attn_norm", **norm)(x)
+        h = layers.RMSNorm(name="attn_norm", eps=s.norm_eps, **norm)(x)
         x = x + Attention(s, self.layer, name="attn")(h, positions, segment_ids)
-        h = layers.RMSNorm(name="mlp_norm", **norm)(x)
+        h = layers.RMSNorm(name="mlp_norm", eps=s.norm_eps, **norm)(x)
         x = x + layers.MLP(s.mlp_dim, name="mlp", **norm)(h)
         return sharding.constrain(x, ("batch", "length", "embed"))
 
@@ -147,10 +157,14 @@ class Transformer(nn.Module):
             for r in range(repeats):
                 x, _ = group(s, name=f"layers_{r}")(x, positions, segment_ids)
 
-        x = layers.RMSNorm(name="final_norm", dtype=s.dtype, param_dtype=s.param_dtype)(x)
+        x = layers.RMSNorm(
+            name="final_norm", eps=s.norm_eps, dtype=s.dtype, param_dtype=s.param_dtype
+        )(x)
         if s.tie_embeddings:
-            # Tied logits are scaled by 1/sqrt(D) so unit-variance embeddings give O(1) logits.
-            logits = embed.attend(x) / jnp.sqrt(jnp.float32(s.d_model))
+            logits = embed.attend(x)
+            if s.scale_tied_logits:
+                # Scaled by 1/sqrt(D) so unit-variance embeddings give O(1) logits.
+                logits = logits / jnp.sqrt(jnp.float32(s.d_model))
         else:
             w = self.param(
                 "unembed",

@@ -20,6 +20,7 @@ from lcm import config as config_lib
 from lcm import data as data_lib
 from lcm import model as model_lib
 from lcm.attention import ring
+from lcm.model import hf
 from lcm.parallel import mesh as mesh_lib
 from lcm.parallel import sharding
 from lcm.train import checkpoint, metrics, optimizer
@@ -103,6 +104,9 @@ def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> 
     Returns:
       The last logged metrics, with ``step`` and, when evaluated, ``eval_loss``.
     """
+    hf_params = None
+    if config.model.hf_path is not None:  # model fields and initial weights from a HF checkpoint
+        config, hf_params = hf.with_checkpoint(config)
     config_lib.validate(config, num_devices=jax.device_count())
     mesh = mesh_lib.make_mesh(config.mesh)
     rules = sharding.validate_rules(config.mesh.rules, config.mesh.axes)
@@ -135,10 +139,14 @@ def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> 
         start, state = ckpt.restore_latest(abstract, data_iterator)
         if state is None:
             start = 0
-            state = state_lib.init_state(
-                model, tx, shardings, t.seed, batch_size=batch_size, seq_len=seq_len
-            )
-            log(f"mesh {mesh_lib.describe(mesh)}; starting from scratch in {workdir}")
+            if hf_params is None:
+                state = state_lib.init_state(
+                    model, tx, shardings, t.seed, batch_size=batch_size, seq_len=seq_len
+                )
+                log(f"mesh {mesh_lib.describe(mesh)}; starting from scratch in {workdir}")
+            else:
+                state = state_lib.state_from_params(hf_params, tx, abstract, shardings)
+                log(f"mesh {mesh_lib.describe(mesh)}; starting from {config.model.hf_path}")
         else:
             log(f"mesh {mesh_lib.describe(mesh)}; resumed from step {start} in {workdir}")
         writer = metrics.MetricWriter(workdir, resume_step=start)

@@ -54,3 +54,14 @@ def init_state(model, tx, shardings, seed: int, *, batch_size: int, seq_len: int
     """Initializes the state directly into ``shardings``."""
     init = _boxed_init(model, tx, batch_size, seq_len)
     return jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=shardings)(jax.random.key(seed))
+
+
+def state_from_params(params, tx, abstract: TrainState, shardings) -> TrainState:
+    """A step-0 state holding given ``params`` (e.g. a Hugging Face checkpoint's), cast to the
+    parameter dtypes of ``abstract`` and placed into ``shardings``."""
+    params = jax.tree.map(lambda x, a: jnp.asarray(x, a.dtype), params, abstract.params)
+
+    def init(params):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    return jax.jit(init, out_shardings=shardings)(params)

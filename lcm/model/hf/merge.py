@@ -1,0 +1,61 @@
+"""``with_checkpoint``: a run's config plus the model of ``config.model.hf_path``."""
+
+from __future__ import annotations
+
+from ml_collections import ConfigDict
+
+from lcm.config import base_config
+from lcm.model.hf.weights import load
+
+# Fields a checkpoint's weights fix: a config that sets them differently cannot use the weights.
+_ARCHITECTURE = (
+    "vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+    "tie_embeddings", "qkv_bias", "qk_norm",
+)  # fmt: skip
+
+
+def _flat(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, ConfigDict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key, value
+
+
+def _set(node, key: str, value) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+
+
+def with_checkpoint(config) -> tuple[ConfigDict, dict]:
+    """``config`` with the model of ``config.model.hf_path``, and that checkpoint's params.
+
+    Every ``config.model`` field (and ``data.tokenizer``) left at its ``configs/base.py``
+    default takes the checkpoint's value; fields the config sets differently are kept, so
+    ``--config.model.hf_path=DIR --config.model.positional.rope_scaling.rope_type=yarn ...``
+    runs the checkpoint with another positional scheme or attention implementation.
+
+    Raises:
+      ValueError: ``hf_path`` unset, or an architecture field set to a value the weights
+        cannot have (listed).
+    """
+    if config.model.hf_path is None:
+        raise ValueError("config.model.hf_path is None: no checkpoint to load")
+    loaded, params = load(config.model.hf_path)
+    base = dict(_flat(base_config().model))
+    merged = config.copy_and_resolve_references()
+    with merged.unlocked():
+        clashes = []
+        for key, value in _flat(config.model):
+            theirs = dict(_flat(loaded.model))[key]
+            if value == base[key] or key == "hf_path":
+                _set(merged.model, key, theirs)
+            elif key in _ARCHITECTURE and value != theirs:
+                clashes.append(f"config.model.{key} = {value!r} (checkpoint: {theirs!r})")
+        if clashes:
+            raise ValueError("config.model differs from the checkpoint: " + "; ".join(clashes))
+        if config.data.tokenizer == "byte":
+            merged.data.tokenizer = loaded.data.tokenizer
+    return merged, params
