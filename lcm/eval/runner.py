@@ -23,12 +23,14 @@ from collections.abc import Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from lcm import config as config_lib
 from lcm import data as data_lib
 from lcm import model as model_lib
 from lcm.data import synthetic
 from lcm.eval import perplexity, plots, tasks
+from lcm.model import hf
 from lcm.train import checkpoint, optimizer
 from lcm.train import state as state_lib
 
@@ -58,8 +60,12 @@ def default_label(config) -> str:
     return label
 
 
-def load_params(config, workdir: str, model) -> tuple[object, int | None]:
-    """``(params, checkpoint step or None)`` as ``config.eval.init`` says, on one device."""
+def load_params(config, workdir: str, model, hf_params=None) -> tuple[object, int | None]:
+    """``(params, checkpoint step or None)`` as ``config.eval.init`` says, on one device.
+
+    With ``init = "checkpoint"`` the newest readable checkpoint in ``workdir`` wins; without
+    one, ``hf_params`` (the weights of ``config.model.hf_path``) are used when given.
+    """
     seq_len = config.seq_len
     if config.eval.init == "random":
         dummy = state_lib._dummy_inputs(1, seq_len)
@@ -75,6 +81,8 @@ def load_params(config, workdir: str, model) -> tuple[object, int | None]:
     ckpt = checkpoint.Checkpointer(workdir, every=1, max_to_keep=config.train.max_checkpoints)
     step, state = ckpt.restore_latest_state(abstract)
     ckpt.close()
+    if state is None and hf_params is not None:
+        return jax.tree.map(jnp.asarray, hf_params), None
     if state is None:
         raise ValueError(
             f"config.eval.init = 'checkpoint': no readable checkpoint in {ckpt.directory}; "
@@ -104,9 +112,17 @@ def evaluate(config, workdir: str, *, log: Callable[[str], None] = print) -> dic
     label = e.label or default_label(config)
     out_dir = pathlib.Path(workdir) / "eval" / e.label
     out_dir.mkdir(parents=True, exist_ok=True)
+    hf_params = None
+    if config.model.hf_path is not None:  # model fields and weights from a HF checkpoint
+        config, hf_params = hf.with_checkpoint(config)
     model = model_lib.Transformer(model_lib.build_spec(config))
-    params, step = load_params(config, workdir, model)
-    source = f"checkpoint step {step}" if step is not None else "random init"
+    params, step = load_params(config, workdir, model, hf_params)
+    if step is not None:
+        source = f"checkpoint step {step}"
+    elif config.eval.init == "random":
+        source = "random init"
+    else:
+        source = f"Hugging Face checkpoint {config.model.hf_path}"
     log(
         f"eval {label}: params from {source} (train.seed {config.train.seed})"
         + f"; attention {config.model.attention.impl}; lengths {list(e.lengths)}"

@@ -5,10 +5,15 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
+import jax
+import numpy as np
 import pytest
 
 from lcm import config as config_lib
+from lcm import model as model_lib
 from lcm.eval import runner
+from lcm.model import hf
 
 from .conftest import TINY
 
@@ -55,3 +60,25 @@ def test_bad_config_fails_before_work(tmp_path):
     with pytest.raises(ValueError, match=r"config.eval.tasks = \('perplexity', 'babilong'\)"):
         runner.evaluate(config, str(tmp_path), log=lambda s: None)
     assert not (tmp_path / "eval").exists()
+
+
+def test_evaluate_reads_weights_from_hf_path(tmp_path):
+    """With no workdir checkpoint, the weights come from ``hf_path``, unchanged."""
+    config = config_lib.load_config(str(config_lib.REPO_ROOT / "configs" / "tiny.py"))
+    config.model.tie_embeddings = False
+    config.eval.tasks = ("perplexity",)
+    config.eval.lengths = (32, 64)
+    config.eval.num_documents = 2
+    model = model_lib.Transformer(model_lib.build_spec(config))
+    tokens = jax.numpy.zeros((1, 64), jax.numpy.int32)
+    params = nn.unbox(model.init(jax.random.key(7), tokens, tokens)["params"])
+    hf.save(params, config, tmp_path / "hf")
+    config.model.hf_path = str(tmp_path / "hf")
+    lines = []
+    from_hf = runner.evaluate(config, str(tmp_path / "a"), log=lines.append)
+    assert any("Hugging Face checkpoint" in line for line in lines)
+    hf_config, hf_params = hf.with_checkpoint(config)
+    direct, _ = runner.load_params(hf_config, str(tmp_path / "b"), model, hf_params)
+    for a, b in zip(jax.tree.leaves(direct), jax.tree.leaves(params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert from_hf["perplexity"]["results"]
