@@ -12,6 +12,7 @@ tiles). ``merge_attention`` combines partial results over disjoint key sets.
 from lcm.attention import blockwise as blockwise
 from lcm.attention import reference as reference
 from lcm.attention import ring as ring
+from lcm.attention import sparse as sparse
 from lcm.attention import xla as xla
 from lcm.attention.core import ATTENTION as ATTENTION
 from lcm.attention.core import Capabilities as Capabilities
