@@ -5,7 +5,7 @@ attention) and ``sink_window`` (StreamingLLM sinks + sliding window). Each modul
 path, a dense reference for tests and the ``attend`` adapter.
 """
 
-from lcm.attention.sparse import moba as moba
 from lcm.attention.sparse import hsa as hsa
+from lcm.attention.sparse import moba as moba
 from lcm.attention.sparse import shifted as shifted
 from lcm.attention.sparse import streaming as streaming

@@ -113,8 +113,20 @@ def hsa_attention(
     return gathered.scan_query_tiles(tile, query_tile, q, q_pos, q_seg).astype(q.dtype)
 
 
-def hsa_reference(q, k, v, *, chunk_size, top_k, q_pos, k_pos, weighting="softmax",
-                  q_segment_ids=None, kv_segment_ids=None, scale=None):  # fmt: skip
+def hsa_reference(
+    q,
+    k,
+    v,
+    *,
+    chunk_size,
+    top_k,
+    q_pos,
+    k_pos,
+    weighting="softmax",
+    q_segment_ids=None,
+    kv_segment_ids=None,
+    scale=None,
+):
     """Dense float32 HSA with one masked ``[T, S]`` softmax per retrieved chunk (tests only)."""
     dtype = q.dtype
     q, k, v = (x.astype(_F32) for x in (q, k, v))
@@ -171,9 +183,24 @@ def hsa_reference(q, k, v, *, chunk_size, top_k, q_pos, k_pos, weighting="softma
         returns_lse=False,
     ),
 )
-def _hsa_impl(q, k, v, *, mask, q_pos, k_pos, q_segment_ids, kv_segment_ids, logits_fn, scale,
-              return_lse, chunk_size: int = 64, top_k: int = 8, weighting: str = "softmax",
-              query_tile: int = 64):  # fmt: skip
+def _hsa_impl(
+    q,
+    k,
+    v,
+    *,
+    mask,
+    q_pos,
+    k_pos,
+    q_segment_ids,
+    kv_segment_ids,
+    logits_fn,
+    scale,
+    return_lse,
+    chunk_size: int = 64,
+    top_k: int = 8,
+    weighting: str = "softmax",
+    query_tile: int = 64,
+):
     """``attend(..., impl="hsa", chunk_size=, top_k=, weighting=)``; the mask must be causal."""
     del logits_fn, return_lse  # refused by the capability check
     _check(q, k, mask, chunk_size, top_k, weighting, query_tile)

@@ -23,7 +23,6 @@ positions, so positions must increase with the index inside each document (any p
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -126,8 +125,9 @@ def moba_attention(
     return (out, lse) if return_lse else out
 
 
-def moba_reference(q, k, v, *, block_size, top_k, q_pos, k_pos, q_segment_ids=None,
-                   kv_segment_ids=None, scale=None):  # fmt: skip
+def moba_reference(
+    q, k, v, *, block_size, top_k, q_pos, k_pos, q_segment_ids=None, kv_segment_ids=None, scale=None
+):
     """Dense float32 transcription of ``moba_attn_varlen_naive`` (for tests; O(T * S)).
 
     Causality is by index, as in the naive code; ``k_pos`` and ``q_pos`` are unused. The fast
@@ -136,7 +136,7 @@ def moba_reference(q, k, v, *, block_size, top_k, q_pos, k_pos, q_segment_ids=No
     del q_pos, k_pos
     dtype = q.dtype
     q, k, v = (x.astype(_F32) for x in (q, k, v))
-    b, t, n, h = q.shape
+    _, t, n, h = q.shape
     s, kh = k.shape[1], k.shape[2]
     g = n // kh
     scale = core.default_scale(h) if scale is None else scale
@@ -185,8 +185,23 @@ def moba_reference(q, k, v, *, block_size, top_k, q_pos, k_pos, q_segment_ids=No
         returns_lse=True,
     ),
 )
-def _moba_impl(q, k, v, *, mask, q_pos, k_pos, q_segment_ids, kv_segment_ids, logits_fn, scale,
-               return_lse, block_size: int = 512, top_k: int = 3, query_tile: int = 64):  # fmt: skip
+def _moba_impl(
+    q,
+    k,
+    v,
+    *,
+    mask,
+    q_pos,
+    k_pos,
+    q_segment_ids,
+    kv_segment_ids,
+    logits_fn,
+    scale,
+    return_lse,
+    block_size: int = 512,
+    top_k: int = 3,
+    query_tile: int = 64,
+):
     """``attend(..., impl="moba", block_size=, top_k=)``; the mask must be ``Causal()``."""
     del logits_fn  # refused by the capability check
     _check(q, k, mask, block_size, top_k, query_tile)

@@ -74,8 +74,23 @@ def _check(q, k, group_size):
         returns_lse=True,
     ),
 )
-def s2_attention(q, k, v, *, mask, q_pos, k_pos, q_segment_ids, kv_segment_ids, logits_fn, scale,
-                 return_lse, group_size: int, block_q: int = 128, block_kv: int = 128):  # fmt: skip
+def s2_attention(
+    q,
+    k,
+    v,
+    *,
+    mask,
+    q_pos,
+    k_pos,
+    q_segment_ids,
+    kv_segment_ids,
+    logits_fn,
+    scale,
+    return_lse,
+    group_size: int,
+    block_q: int = 128,
+    block_kv: int = 128,
+):
     """``attend(..., impl="s2_attn", group_size=)``: blockwise attention per half of the heads.
 
     A positional ``logits_fn`` hook is applied per half (it sees that half's heads).
