@@ -81,6 +81,12 @@ def get_config() -> ConfigDict:
     config.model.attention.ring_axis = "context"  # ring: the mesh axis the sequence is sharded on
     # ring: token order for causal load balance: contiguous | striped | zigzag
     config.model.attention.ring_layout = "zigzag"
+    # Sparse attention (lcm.attention.sparse): moba | hsa | s2_attn | sink_window read these.
+    config.model.attention.sparse_block = 512  # moba block, hsa chunk, s2_attn group length
+    config.model.attention.sparse_top_k = 3  # moba: blocks per query (own included); hsa: chunks
+    config.model.attention.hsa_weighting = "softmax"  # hsa chunk mixing: softmax | stick_breaking
+    config.model.attention.sink = 4  # sink_window: first positions every query sees
+    config.model.attention.recent = 2048  # sink_window: most recent keys seen, query included
 
     # ---- data ----------------------------------------------------------------------------
     config.data = ConfigDict()

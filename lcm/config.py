@@ -25,6 +25,7 @@ from ml_collections import ConfigDict, FieldReference
 
 from lcm.attention import ATTENTION
 from lcm.attention import ring as ring_lib
+from lcm.attention import sparse as sparse_lib
 from lcm.data.corpora import CORPORA
 from lcm.data.packing import PACKINGS
 from lcm.data.tokenizers import BYTE_VOCAB_SIZE
@@ -201,6 +202,15 @@ def _check_model(c: _Checker) -> None:
     if c.get(a + "mask") in ("sliding_window", "chunked_causal"):
         c.check(a + "window", _is_positive_int, f"must be > 0 when {a}mask is not causal/full")
     c.positive_int(a + "block_q", a + "block_kv")
+    c.positive_int(a + "sparse_block", a + "sparse_top_k", a + "recent")
+    c.check(a + "sink", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
+    c.one_of(a + "hsa_weighting", sparse_lib.hsa.WEIGHTINGS)
+    if c.get(a + "impl") == "s2_attn":
+        c.check(
+            a + "sparse_block",
+            lambda v: v >= 2,
+            "must be >= 2 for model.attention.impl = 's2_attn'",
+        )
     seq_len = c.get("seq_len")
     if c.get(a + "impl") in TILED_IMPLS and _is_positive_int(seq_len):
         for key in ("block_q", "block_kv"):

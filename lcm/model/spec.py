@@ -15,6 +15,7 @@ from ml_collections import FrozenConfigDict
 
 from lcm import attention as attention_lib
 from lcm import positional as positional_lib
+from lcm.attention import sparse as sparse_lib
 from lcm.config import TILED_IMPLS
 from lcm.positional.schedule import LayerSpec, layer_specs
 
@@ -86,6 +87,7 @@ def _attention_options(attention, impl: str) -> tuple[tuple[str, Any], ...]:
         options.update(block_q=attention.block_q, block_kv=attention.block_kv)
     if impl == "ring":
         options.update(axis_name=attention.ring_axis)
+    options.update(sparse_lib.config_options(attention, impl))
     return tuple(options.items())
 
 
