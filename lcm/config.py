@@ -194,7 +194,7 @@ def _check_model(c: _Checker) -> None:
     _check_positional(c)
 
     a = m + "attention."
-    c.one_of(a + "impl", tuple(ATTENTION.names()))
+    c.one_of(a + "impl", tuple(ATTENTION.names()) + sparse_lib.MODULE_IMPLS)
     c.one_of(a + "ring_axis", mesh_lib.MESH_AXES)
     c.one_of(a + "ring_layout", ring_lib.LAYOUTS)
     c.one_of(a + "mask", MASKS)
@@ -205,6 +205,18 @@ def _check_model(c: _Checker) -> None:
     c.positive_int(a + "sparse_block", a + "sparse_top_k", a + "recent")
     c.check(a + "sink", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
     c.one_of(a + "hsa_weighting", sparse_lib.hsa.WEIGHTINGS)
+    nsa_keys = ("cmp_block", "cmp_stride", "slc_block", "top_n", "window")
+    c.positive_int(*(a + "nsa_" + key for key in nsa_keys))
+    for key in ("nsa_init_blocks", "nsa_local_blocks"):
+        c.check(a + key, lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
+    stride = c.get(a + "nsa_cmp_stride")
+    if _is_positive_int(stride):
+        for key in ("nsa_cmp_block", "nsa_slc_block"):
+            c.check(
+                a + key,
+                lambda v, stride=stride: v % stride == 0,
+                f"must be a multiple of model.attention.nsa_cmp_stride = {stride}",
+            )
     if c.get(a + "impl") == "s2_attn":
         c.check(
             a + "sparse_block",

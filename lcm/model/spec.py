@@ -128,7 +128,11 @@ def build_spec(config, *, attention_impl: str | None = None) -> ModelSpec:
             needs.append("custom_logits")
         if m.num_heads != m.num_kv_heads:
             needs.append("gqa")
-        attention_lib.check_capabilities(
-            impl, needs, by=f"positional scheme {layer.positional!r} (layer mask {layer.mask!r})"
-        )
+        by = f"positional scheme {layer.positional!r} (layer mask {layer.mask!r})"
+        if impl in sparse_lib.MODULE_IMPLS:
+            if scheme.logits_fn is not None or layer.mask != "causal":
+                raise ValueError(f"attention impl {impl!r} cannot serve {by}: it is causal only "
+                                 "and has no logits hook")  # fmt: skip
+            continue
+        attention_lib.check_capabilities(impl, needs, by=by)
     return spec

@@ -4,13 +4,15 @@ MoBA (Lu et al. 2025, arXiv 2502.13189), NSA's selection branch (Yuan et al. 202
 2502.11089) and HSA (Hu et al. 2025, arXiv 2504.16795) all pick key blocks PER QUERY TOKEN. A
 (query tile, key block) visit list would have to hold the union of the picks of every token and
 head in the tile, which for top-3 of 64 blocks is nearly every block, so these methods gather
-instead, as NSA's kernel does: each query token reads its own ``M`` selected blocks ("slots"),
-with one softmax per slot. Callers merge the slots exactly by their log-sum-exps (one softmax
+instead: each query token reads its own ``M`` selected blocks ("slots"), with one softmax per
+slot, and ``slot_attention`` regroups the (query, slot) pairs by the block they read so that the
+work is dense matrix products. Callers merge the slots exactly by their log-sum-exps (one softmax
 over the union: MoBA, NSA) or mix them with weights (HSA).
 
-Work and memory are O(T * N * M * block * H), never O(T * S): query tiles of ``query_tile``
-tokens run one after another under ``lax.scan`` with ``jax.checkpoint`` on the tile, so the
-backward recomputes each tile's gathers and logits instead of storing them.
+Work is O(T * N * M * block * H) and memory O(T * N * M * H), never O(T * S): chunks run under
+``lax.scan`` with ``jax.checkpoint``, so the backward recomputes logits instead of storing them.
+Selections (which need the query's scores against every block) run over query tiles with
+``scan_query_tiles``.
 
 Inside a gathered block a key is visible when it is not after the query (``k_pos <= q_pos``),
 has the query's segment id, and neither is padding (segment id 0). Every method here is causal.
@@ -50,42 +52,85 @@ def block_means(kb, kv_segb):
     return total / jnp.maximum(count, 1.0)
 
 
-def slot_attention(q, kb, vb, kpb, ksb, q_pos, q_seg, ids, valid, scale):
+def slot_attention(q, k, v, ids, valid, *, block, q_pos, k_pos, q_seg, kv_seg, scale,
+                   chunk=128, step_chunks=128):  # fmt: skip
     """Softmax attention of each query over each of its selected key blocks separately.
 
+    Every (query token, query head, slot) is a "pair" reading one key block. Pairs are sorted by
+    the (batch, kv head, block) they read and packed into chunks of ``chunk`` pairs that all read
+    the same block, each group padded to whole chunks; a chunk is then one dense
+    ``[chunk, H] x [H, block]`` product, so a key block is loaded once per chunk rather than once
+    per query (the "gather queries by block" layout of MoBA's efficient kernel). Capacity is
+    static: at most ``P + G * (chunk - 1)`` slots for ``P`` pairs and ``G`` groups. Chunks run
+    ``step_chunks`` at a time under ``lax.scan`` with ``jax.checkpoint``.
+
     Args:
-      q: ``[B,C,N,H]`` queries of one tile.
-      kb, vb: ``[B,nb,block,K,H]`` key/value blocks; kpb, ksb: ``[B,nb,block]`` their positions
-        and segment ids.
-      q_pos, q_seg: ``[B,C]``.
-      ids: ``[B,C,N,M]`` int32 block ids per query head (head n reads kv head ``n // (N/K)``).
-      valid: ``[B,C,N,M]`` bool; invalid slots see nothing.
+      q: ``[B,T,N,H]``; k, v: ``[B,S,K,H]`` (head n reads kv head ``n // (N/K)``).
+      ids: ``[B,T,N,M]`` int key block ids (blocks of ``block`` tokens); valid: ``[B,T,N,M]``
+        bool, invalid slots see nothing.
+      q_pos, q_seg, k_pos, kv_seg: ``[B,T]`` / ``[B,S]`` positions and segment ids.
       scale: softmax scale.
 
     Returns:
-      ``(out [B,C,N,M,H] float32, lse [B,C,N,M] float32)``, ``-inf`` / zeros where a slot sees
+      ``(out [B,T,N,M,H] float32, lse [B,T,N,M] float32)``; zeros / ``-inf`` where a slot sees
       no key.
     """
-    b, _, n, _ = q.shape
-    kh = kb.shape[3]
-    bi = jnp.arange(b)[:, None, None, None]
-    hi = (jnp.arange(n) // (n // kh))[None, None, :, None]
-    kg = kb[bi, ids, :, hi]  # [B, C, N, M, block, H]
-    vg = vb[bi, ids, :, hi]
-    kp, ks = kpb[bi, ids], ksb[bi, ids]  # [B, C, N, M, block]
-    s = jnp.einsum("bcnh,bcnmsh->bcnms", q.astype(_F32), kg.astype(_F32)) * scale
-    qp = q_pos[:, :, None, None, None]
-    qs = q_seg[:, :, None, None, None]
-    visible = valid[..., None] & (kp <= qp) & (ks == qs) & (qs != 0)
-    s = jnp.where(visible, s, -jnp.inf)
-    m = lax.stop_gradient(s.max(-1))
-    m = jnp.where(jnp.isfinite(m), m, 0.0)
-    p = jnp.exp(s - m[..., None])
-    total = p.sum(-1)
-    seen = total > 0
-    safe = jnp.where(seen, total, 1.0)
-    out = jnp.einsum("bcnms,bcnmsh->bcnmh", p, vg.astype(_F32)) / safe[..., None]
-    return out, jnp.where(seen, m + jnp.log(safe), -jnp.inf)
+    b, t, n, h = q.shape
+    kh, m = k.shape[2], ids.shape[-1]
+    kb, vb, kpb, ksb = key_blocks(k, v, k_pos, kv_seg, block)
+    nb = kb.shape[1]
+    pairs, groups = b * t * n * m, b * kh * nb
+    head = (jnp.arange(n) // (n // kh))[None, None, :, None]
+    group = (jnp.arange(b)[:, None, None, None] * kh + head) * nb + ids
+    group = jnp.where(valid, group, groups).reshape(-1).astype(jnp.int32)
+    order = jnp.argsort(group, stable=True).astype(jnp.int32)
+    sorted_group = group[order]
+    counts = jnp.bincount(group, length=groups + 1)[:groups]
+    padded = -(-counts // chunk) * chunk
+    start = jnp.cumsum(counts) - counts
+    padded_start = jnp.cumsum(padded) - padded
+    g = jnp.minimum(sorted_group, groups - 1)
+    slot = padded_start[g] + jnp.arange(pairs) - start[g]
+    num_chunks = -(-(pairs + groups * (chunk - 1)) // chunk)
+    steps = -(-num_chunks // step_chunks)
+    capacity = steps * step_chunks * chunk
+    slot = jnp.where(sorted_group < groups, slot, capacity)  # invalid pairs: dropped
+    chunk_pair = jnp.full((capacity,), pairs, jnp.int32).at[slot].set(order, mode="drop")
+    chunk_pair = chunk_pair.reshape(steps, step_chunks, chunk)
+    first = jnp.minimum(chunk_pair[..., 0], pairs - 1)
+    chunk_group = group[first] % groups  # [steps, step_chunks]
+
+    q_rows = q.reshape(b * t * n, h)
+    qp_rows, qs_rows = q_pos.reshape(-1), q_seg.reshape(-1)
+
+    @jax.checkpoint
+    def step(_, xs):
+        cp, cg = xs  # [step_chunks, chunk], [step_chunks]
+        real = cp < pairs
+        row = jnp.minimum(cp, pairs - 1) // m  # (b, t, n) row
+        token = row // n
+        qp, qs = qp_rows[token], qs_rows[token]
+        cb, ckh, cblk = cg // (kh * nb), (cg // nb) % kh, cg % nb
+        kblk, vblk = kb[cb, cblk, :, ckh], vb[cb, cblk, :, ckh]  # [step_chunks, block, H]
+        kp, ks = kpb[cb, cblk], ksb[cb, cblk]  # [step_chunks, block]
+        s = jnp.einsum("xch,xjh->xcj", q_rows[row].astype(_F32), kblk.astype(_F32)) * scale
+        visible = real[..., None] & (kp[:, None, :] <= qp[..., None])
+        visible = visible & (ks[:, None, :] == qs[..., None]) & (qs != 0)[..., None]
+        s = jnp.where(visible, s, -jnp.inf)
+        mx = lax.stop_gradient(s.max(-1))
+        mx = jnp.where(jnp.isfinite(mx), mx, 0.0)
+        p = jnp.exp(s - mx[..., None])
+        total = p.sum(-1)
+        seen = total > 0
+        safe = jnp.where(seen, total, 1.0)
+        out = jnp.einsum("xcj,xjh->xch", p, vblk.astype(_F32)) / safe[..., None]
+        return None, (out, jnp.where(seen, mx + jnp.log(safe), -jnp.inf))
+
+    _, (out, lse) = lax.scan(step, None, (chunk_pair, chunk_group))
+    dest = chunk_pair.reshape(-1)  # index ``pairs`` (padding) is out of range: dropped
+    out = jnp.zeros((pairs, h), _F32).at[dest].set(out.reshape(-1, h), mode="drop")
+    lse = jnp.full((pairs,), -jnp.inf, _F32).at[dest].set(lse.reshape(-1), mode="drop")
+    return out.reshape(b, t, n, m, h), lse.reshape(b, t, n, m)
 
 
 def merge_slots(out, lse):

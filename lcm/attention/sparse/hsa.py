@@ -33,8 +33,9 @@ _HIGHEST = lax.Precision.HIGHEST
 WEIGHTINGS = ("softmax", "stick_breaking")
 
 
-def _check(q, k, mask, chunk_size, top_k, weighting, query_tile):
-    for name, value in (("chunk_size", chunk_size), ("top_k", top_k), ("query_tile", query_tile)):
+def _check(q, k, mask, chunk_size, top_k, weighting, query_tile, chunk):
+    sizes = dict(chunk_size=chunk_size, top_k=top_k, query_tile=query_tile, chunk=chunk)
+    for name, value in sizes.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"hsa {name} = {value!r}: must be a positive integer")
     if weighting not in WEIGHTINGS:
@@ -86,7 +87,8 @@ def hsa_attention(
     q_segment_ids=None,
     kv_segment_ids=None,
     scale: float | None = None,
-    query_tile: int = 64,
+    query_tile: int = 256,
+    chunk: int = 128,
 ):
     """HSA, ``q [B,T,N,H]``, ``k, v [B,T,K,H]`` -> ``[B,T,N,H]``.
 
@@ -95,22 +97,35 @@ def hsa_attention(
       top_k: chunks retrieved per token.
       weighting: ``softmax`` or ``stick_breaking``.
       scale: softmax scale inside chunks and for retrieval scores, default ``1 / sqrt(H)``.
-      query_tile: queries processed together.
+      query_tile: queries selected together.
+      chunk: (query, chunk) pairs per dense product in ``gathered.slot_attention``.
     """
-    _check(q, k, masks_lib.Causal(), chunk_size, top_k, weighting, query_tile)
+    _check(q, k, masks_lib.Causal(), chunk_size, top_k, weighting, query_tile, chunk)
     scale = core.default_scale(q.shape[-1]) if scale is None else float(scale)
     q_seg = core.segments_or_ones(q_segment_ids, q)
     kv_seg = core.segments_or_ones(kv_segment_ids, k)
-    kb, vb, kpb, ksb = gathered.key_blocks(k, v, k_pos, kv_seg, chunk_size)
-    landmarks = gathered.block_means(kb, ksb)
+    kb, _, _, ksb = gathered.key_blocks(k, k, kv_seg, kv_seg, chunk_size)
+    landmarks = gathered.block_means(kb, ksb)  # [B, nc, K, H], differentiable
 
-    def tile(start, q_t, qp_t, qs_t):
-        ids, scores, valid = _select_tile(q_t, start, landmarks, chunk_size, top_k, scale)
-        out, _ = gathered.slot_attention(q_t, kb, vb, kpb, ksb, qp_t, qs_t, ids, valid, scale)
-        w = retrieval_weights(scores, valid, weighting)
-        return (w[..., None] * out).sum(-2)
+    def select(start, q_t, _):
+        ids, _, valid = _select_tile(
+            lax.stop_gradient(q_t), start, lax.stop_gradient(landmarks), chunk_size, top_k, scale
+        )
+        return ids, valid
 
-    return gathered.scan_query_tiles(tile, query_tile, q, q_pos, q_seg).astype(q.dtype)
+    ids, valid = gathered.scan_query_tiles(select, query_tile, q, q_seg)
+    # The selected chunks' scores again, now differentiable w.r.t. q and the landmarks.
+    b, _, n, _ = q.shape
+    kh = k.shape[2]
+    head = (jnp.arange(n) // (n // kh))[None, None, :, None]
+    chosen = landmarks[jnp.arange(b)[:, None, None, None], ids, head]  # [B, T, N, M, H]
+    scores = scale * jnp.einsum("btnh,btnmh->btnm", q.astype(_F32), chosen, precision=_HIGHEST)
+    out, _ = gathered.slot_attention(
+        q, k, v, ids, valid, block=chunk_size, q_pos=q_pos, k_pos=k_pos, q_seg=q_seg,
+        kv_seg=kv_seg, scale=scale, chunk=chunk,
+    )  # fmt: skip
+    w = retrieval_weights(scores, valid, weighting)
+    return (w[..., None] * out).sum(-2).astype(q.dtype)
 
 
 def hsa_reference(
@@ -199,14 +214,15 @@ def _hsa_impl(
     chunk_size: int = 64,
     top_k: int = 8,
     weighting: str = "softmax",
-    query_tile: int = 64,
+    query_tile: int = 256,
+    chunk: int = 128,
 ):
     """``attend(..., impl="hsa", chunk_size=, top_k=, weighting=)``; the mask must be causal."""
     del logits_fn, return_lse  # refused by the capability check
-    _check(q, k, mask, chunk_size, top_k, weighting, query_tile)
+    _check(q, k, mask, chunk_size, top_k, weighting, query_tile, chunk)
     out = hsa_attention(
         q, k, v, chunk_size=chunk_size, top_k=top_k, q_pos=q_pos, k_pos=k_pos,
         weighting=weighting, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
-        scale=scale, query_tile=query_tile,
+        scale=scale, query_tile=query_tile, chunk=chunk,
     )  # fmt: skip
     return out, None

@@ -34,8 +34,9 @@ _F32 = jnp.float32
 _HIGHEST = lax.Precision.HIGHEST
 
 
-def _check(q, k, mask, block_size, top_k, query_tile):
-    for name, value in (("block_size", block_size), ("top_k", top_k), ("query_tile", query_tile)):
+def _check(q, k, mask, block_size, top_k, query_tile, chunk):
+    sizes = dict(block_size=block_size, top_k=top_k, query_tile=query_tile, chunk=chunk)
+    for name, value in sizes.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"moba {name} = {value!r}: must be a positive integer")
     if q.shape[1] != k.shape[1]:
@@ -95,7 +96,8 @@ def moba_attention(
     q_segment_ids=None,
     kv_segment_ids=None,
     scale: float | None = None,
-    query_tile: int = 64,
+    query_tile: int = 256,
+    chunk: int = 128,
     return_lse: bool = False,
 ):
     """MoBA attention, ``q [B,T,N,H]``, ``k, v [B,T,K,H]`` -> ``[B,T,N,H]`` (and lse).
@@ -105,22 +107,26 @@ def moba_attention(
       top_k: blocks per query, own block included (the paper's 8K runs: 512 and 3).
       q_pos, k_pos, q_segment_ids, kv_segment_ids: as ``core.attend``.
       scale: softmax scale, default ``1 / sqrt(H)``.
-      query_tile: queries processed together (memory ~ query_tile * N * top_k * block * H).
+      query_tile: queries selected together (memory ~ query_tile * N * S / block_size).
+      chunk: (query, block) pairs per dense product in ``gathered.slot_attention``.
       return_lse: also return the log-sum-exp ``[B,T,N]``.
     """
-    _check(q, k, masks_lib.Causal(), block_size, top_k, query_tile)
+    _check(q, k, masks_lib.Causal(), block_size, top_k, query_tile, chunk)
     scale = core.default_scale(q.shape[-1]) if scale is None else float(scale)
     q_seg = core.segments_or_ones(q_segment_ids, q)
     kv_seg = core.segments_or_ones(kv_segment_ids, k)
-    kb, vb, kpb, ksb = gathered.key_blocks(k, v, k_pos, kv_seg, block_size)
-    means = gathered.block_means(kb, ksb)
+    kb, _, _, ksb = gathered.key_blocks(k, k, kv_seg, kv_seg, block_size)
+    means = gathered.block_means(lax.stop_gradient(kb), ksb)
 
-    def tile(start, q_t, qp_t, qs_t):
-        ids, valid = _select_tile(q_t, start, means, block_size, top_k)
-        out, lse = gathered.slot_attention(q_t, kb, vb, kpb, ksb, qp_t, qs_t, ids, valid, scale)
-        return gathered.merge_slots(out, lse)
+    def select(start, q_t, _):
+        return _select_tile(lax.stop_gradient(q_t), start, means, block_size, top_k)
 
-    out, lse = gathered.scan_query_tiles(tile, query_tile, q, q_pos, q_seg)
+    ids, valid = gathered.scan_query_tiles(select, query_tile, q, q_seg)
+    out, lse = gathered.slot_attention(
+        q, k, v, ids, valid, block=block_size, q_pos=q_pos, k_pos=k_pos, q_seg=q_seg,
+        kv_seg=kv_seg, scale=scale, chunk=chunk,
+    )  # fmt: skip
+    out, lse = gathered.merge_slots(out, lse)
     out = out.astype(q.dtype)
     return (out, lse) if return_lse else out
 
@@ -200,14 +206,15 @@ def _moba_impl(
     return_lse,
     block_size: int = 512,
     top_k: int = 3,
-    query_tile: int = 64,
+    query_tile: int = 256,
+    chunk: int = 128,
 ):
     """``attend(..., impl="moba", block_size=, top_k=)``; the mask must be ``Causal()``."""
     del logits_fn  # refused by the capability check
-    _check(q, k, mask, block_size, top_k, query_tile)
+    _check(q, k, mask, block_size, top_k, query_tile, chunk)
     out, lse = moba_attention(
         q, k, v, block_size=block_size, top_k=top_k, q_pos=q_pos, k_pos=k_pos,
         q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, scale=scale,
-        query_tile=query_tile, return_lse=True,
+        query_tile=query_tile, chunk=chunk, return_lse=True,
     )  # fmt: skip
     return out, (lse if return_lse else None)

@@ -23,7 +23,7 @@ def test_matches_dense_reference(
     q, k, v, pos = inputs(b, t, n, kh, 8, seed=2)
     kw = dict(chunk_size=chunk, top_k=top_k, q_pos=pos, k_pos=pos, weighting=weighting)
     assert_grads_match(
-        lambda q, k, v: hsa.hsa_attention(q, k, v, query_tile=tile, **kw),
+        lambda q, k, v: hsa.hsa_attention(q, k, v, query_tile=tile, chunk=4, **kw),
         lambda q, k, v: hsa.hsa_reference(q, k, v, **kw),
         q,
         k,
@@ -37,7 +37,7 @@ def test_segments_match_reference(inputs, assert_grads_match):
     kw = dict(chunk_size=4, top_k=2, q_pos=pos, k_pos=pos, q_segment_ids=seg, kv_segment_ids=seg)
     kw["weighting"] = "stick_breaking"
     assert_grads_match(
-        lambda q, k, v: hsa.hsa_attention(q, k, v, query_tile=8, **kw),
+        lambda q, k, v: hsa.hsa_attention(q, k, v, query_tile=8, chunk=4, **kw),
         lambda q, k, v: hsa.hsa_reference(q, k, v, **kw),
         q,
         k,

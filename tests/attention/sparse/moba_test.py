@@ -22,7 +22,7 @@ def test_matches_naive_reference(b, t, n, kh, block, top_k, tile, inputs, assert
     q, k, v, pos = inputs(b, t, n, kh, 8)
     kw = dict(block_size=block, top_k=top_k, q_pos=pos, k_pos=pos)
     assert_grads_match(
-        lambda q, k, v: moba.moba_attention(q, k, v, query_tile=tile, **kw),
+        lambda q, k, v: moba.moba_attention(q, k, v, query_tile=tile, chunk=4, **kw),
         lambda q, k, v: moba.moba_reference(q, k, v, **kw),
         q,
         k,
@@ -37,7 +37,7 @@ def test_segments_and_padding_match_reference(inputs, assert_grads_match):
     pos = jnp.stack([jnp.arange(19), restart]).astype(jnp.int32)
     kw = dict(block_size=4, top_k=3, q_pos=pos, k_pos=pos, q_segment_ids=seg, kv_segment_ids=seg)
     assert_grads_match(
-        lambda q, k, v: moba.moba_attention(q, k, v, query_tile=8, **kw),
+        lambda q, k, v: moba.moba_attention(q, k, v, query_tile=8, chunk=4, **kw),
         lambda q, k, v: moba.moba_reference(q, k, v, **kw),
         q,
         k,

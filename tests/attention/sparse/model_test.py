@@ -43,9 +43,33 @@ def test_config_selects_sparse_impl_equal_to_causal_when_it_covers_everything(im
         ("hsa", dict(sparse_block=8, sparse_top_k=2, hsa_weighting="stick_breaking")),
         ("s2_attn", dict(sparse_block=8)),
         ("sink_window", dict(sink=2, recent=8)),
+        ("nsa", dict(nsa_cmp_block=4, nsa_cmp_stride=2, nsa_slc_block=4, nsa_top_n=2)),
     ],
 )
 def test_sparse_impls_run_in_the_model_and_differ_from_causal(impl, attention):
     logits = _logits(impl, **attention)
     assert logits.shape == (2, 32, 256) and np.isfinite(logits).all()
     assert not np.allclose(logits, _logits("blockwise"), atol=1e-3)
+
+
+def test_nsa_model_has_its_parameters_and_trains():
+    config = config_lib.load_config(str(config_lib.REPO_ROOT / "configs" / "tiny.py"))
+    config.model.attention.impl = "nsa"
+    config.model.attention.nsa_window = 8
+    model = model_lib.Transformer(model_lib.build_spec(config))
+    tokens = jnp.zeros((1, 32), jnp.int32)
+    positions = jnp.arange(32, dtype=jnp.int32)[None]
+    params = nn.unbox(model.init(jax.random.key(0), tokens, positions)["params"])
+    nsa_params = params["layers"]["block0"]["attn"]["nsa"]
+    assert set(nsa_params) == {"cmp_wk", "cmp_wv", "gate_w", "gate_b"}
+    grads = jax.grad(lambda p: model.apply({"params": p}, tokens, positions).mean())(params)
+    gate = grads["layers"]["block0"]["attn"]["nsa"]["gate_b"]
+    assert np.isfinite(gate).all() and np.abs(gate).max() > 0
+
+
+def test_nsa_rejects_a_logits_hook_scheme():
+    config = config_lib.load_config(str(config_lib.REPO_ROOT / "configs" / "tiny.py"))
+    config.model.attention.impl = "nsa"
+    config.model.positional.name = "alibi"
+    with pytest.raises(ValueError, match="attention impl 'nsa' cannot serve"):
+        model_lib.build_spec(config)
