@@ -57,8 +57,8 @@ def _run_case(args: argparse.Namespace) -> dict:
         from lcm.attention.sparse import nsa
 
         settings = nsa.NSASettings()
-        params = nsa.init_params(jax.random.key(0), settings, num_heads=n, head_dim=h)
         x = jnp.asarray(rng.standard_normal((b, t, n * h)), jnp.float32)
+        params = nsa.NSA(settings, n).init(jax.random.key(0), x, q, k, v, pos, pos)["params"]
 
         def fwd(q, k, v):
             return nsa.nsa_attention(params, x, q, k, v, settings=settings, q_pos=pos, k_pos=pos)

@@ -205,6 +205,17 @@ def _check_model(c: _Checker) -> None:
     c.positive_int(a + "sparse_block", a + "sparse_top_k", a + "recent")
     c.check(a + "sink", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
     c.one_of(a + "hsa_weighting", sparse_lib.hsa.WEIGHTINGS)
+    c.check(
+        a + "sparse_dense_last", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0"
+    )
+    if _is_positive_int(c.get(m + "num_layers")):
+        n_layers = c.get(m + "num_layers")
+        c.check(
+            a + "sparse_dense_last",
+            lambda v: v < n_layers,
+            f"must be below model.num_layers = {n_layers}",
+        )
+    c.one_of(a + "sparse_dense_impl", tuple(ATTENTION.names()))
     nsa_keys = ("cmp_block", "cmp_stride", "slc_block", "top_n", "window")
     c.positive_int(*(a + "nsa_" + key for key in nsa_keys))
     for key in ("nsa_init_blocks", "nsa_local_blocks"):

@@ -153,20 +153,25 @@ class Transformer(nn.Module):
         policy = REMAT_POLICIES[s.remat_policy]
         if s.remat_policy != "none":
             group = nn.remat(Group, policy=policy, prevent_cse=not s.scan_layers)
-        repeats = s.num_layers // len(s.period_layers)
-        if s.scan_layers:
-            scanned = nn.scan(
-                group,
-                variable_axes={"params": 0},
-                split_rngs={"params": True},
-                in_axes=(nn.broadcast, nn.broadcast),
-                length=repeats,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )
-            x, _ = scanned(s, name="layers")(x, positions, segment_ids)
-        else:
-            for r in range(repeats):
-                x, _ = group(s, name=f"layers_{r}")(x, positions, segment_ids)
+        # The last ``dense_last`` layers (MoBA keeps its last 3 full) run the dense impl.
+        stacks = [(s, s.num_layers - s.dense_last, "layers")]
+        if s.dense_last:
+            stacks.append((s.dense_tail(), s.dense_last, "dense_layers"))
+        for spec, count, name in stacks:
+            repeats = count // len(spec.period_layers)
+            if s.scan_layers:
+                scanned = nn.scan(
+                    group,
+                    variable_axes={"params": 0},
+                    split_rngs={"params": True},
+                    in_axes=(nn.broadcast, nn.broadcast),
+                    length=repeats,
+                    metadata_params={nn.PARTITION_NAME: "layers"},
+                )
+                x, _ = scanned(spec, name=name)(x, positions, segment_ids)
+            else:
+                for r in range(repeats):
+                    x, _ = group(spec, name=f"{name}_{r}")(x, positions, segment_ids)
 
         x = layers.RMSNorm(name="final_norm", dtype=s.dtype, param_dtype=s.param_dtype)(x)
         if s.tie_embeddings:

@@ -40,9 +40,13 @@ def test_config_selects_sparse_impl_equal_to_causal_when_it_covers_everything(im
     "impl, attention",
     [
         ("moba", dict(sparse_block=8, sparse_top_k=2)),
-        ("hsa", dict(sparse_block=8, sparse_top_k=2, hsa_weighting="stick_breaking")),
+        pytest.param(
+            "hsa",
+            dict(sparse_block=8, sparse_top_k=2, hsa_weighting="stick_breaking"),
+            marks=pytest.mark.slow,
+        ),
         ("s2_attn", dict(sparse_block=8)),
-        ("sink_window", dict(sink=2, recent=8)),
+        pytest.param("sink_window", dict(sink=2, recent=8), marks=pytest.mark.slow),
         ("nsa", dict(nsa_cmp_block=4, nsa_cmp_stride=2, nsa_slc_block=4, nsa_top_n=2)),
     ],
 )
@@ -52,6 +56,7 @@ def test_sparse_impls_run_in_the_model_and_differ_from_causal(impl, attention):
     assert not np.allclose(logits, _logits("blockwise"), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_nsa_model_has_its_parameters_and_trains():
     config = config_lib.load_config(str(config_lib.REPO_ROOT / "configs" / "tiny.py"))
     config.model.attention.impl = "nsa"
@@ -72,4 +77,33 @@ def test_nsa_rejects_a_logits_hook_scheme():
     config.model.attention.impl = "nsa"
     config.model.positional.name = "alibi"
     with pytest.raises(ValueError, match="attention impl 'nsa' cannot serve"):
+        model_lib.build_spec(config)
+
+
+def test_last_layers_dense_per_config():
+    """MoBA's recipe: sparse layers, then the last ones full; top_k 1 (own block only) makes
+    the sparse layers differ from causal, and the dense tail has its own parameters."""
+    kw = dict(sparse_block=8, sparse_top_k=1, sparse_dense_last=1)
+    config = config_lib.load_config(str(config_lib.REPO_ROOT / "configs" / "tiny.py"))
+    config.model.num_layers = 2
+    config.model.attention.impl = "moba"
+    for key, value in kw.items():
+        config.model.attention[key] = value
+    config_lib.validate(config)
+    spec = model_lib.build_spec(config)
+    assert spec.dense_tail().attention_impl == "blockwise" and spec.dense_last == 1
+    model = model_lib.Transformer(spec)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, (1, 32)), jnp.int32)
+    positions = jnp.arange(32, dtype=jnp.int32)[None]
+    params = nn.unbox(model.init(jax.random.key(0), tokens, positions)["params"])
+    assert "dense_layers" in params and "layers" in params
+    # The same parameters with blockwise in the sparse stack too: equal on the first block
+    # (where own-block attention is causal attention), different after it.
+    dense = model_lib.Transformer(model_lib.build_spec(config, attention_impl="blockwise"))
+    got = model.apply({"params": params}, tokens, positions)
+    want = dense.apply({"params": params}, tokens, positions)
+    np.testing.assert_allclose(got[:, :8], want[:, :8], rtol=1e-5, atol=1e-5)  # first block
+    assert not np.allclose(got[:, 8:], want[:, 8:], atol=1e-3)
+    with pytest.raises(ValueError, match="sparse_dense_last = 2"):
+        config.model.attention.sparse_dense_last = 2
         model_lib.build_spec(config)

@@ -28,7 +28,9 @@ def _setup(b, t, n, kh, h=8, d=12, seed=0, **settings):
     "b, t, n, kh, settings",
     [
         (2, 45, 4, 2, {}),  # GQA (selection shared by a group), batch 2, trailing partial block
-        (1, 24, 2, 1, dict(slc_top_n=8, local_blocks=1, init_blocks=0)),  # top-n above blocks
+        pytest.param(
+            1, 24, 2, 1, dict(slc_top_n=8, local_blocks=1, init_blocks=0), marks=pytest.mark.slow
+        ),  # top-n above the block count, no initial block
     ],
 )
 def test_matches_dense_reference(b, t, n, kh, settings, assert_close):
@@ -47,6 +49,7 @@ def test_matches_dense_reference(b, t, n, kh, settings, assert_close):
         assert_close(g, w)
 
 
+@pytest.mark.slow
 def test_segments_match_reference(assert_close):
     st, params, x, q, k, v, pos = _setup(2, 20, 2, 2, seed=3)
     seg = jnp.array([[1] * 20, [1] * 11 + [2] * 6 + [0] * 3], jnp.int32)

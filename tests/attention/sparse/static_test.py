@@ -21,7 +21,9 @@ def _s2_visible(t, n, group):
     return np.stack([plain] * (n // 2) + [shifted_] * (n // 2))[None]
 
 
-@pytest.mark.parametrize("b, t, n, kh, group", [(2, 22, 4, 2, 8), (1, 16, 4, 1, 4)])
+@pytest.mark.parametrize(
+    "b, t, n, kh, group", [(2, 22, 4, 2, 8), pytest.param(1, 16, 4, 1, 4, marks=pytest.mark.slow)]
+)
 def test_s2_attn_matches_dense(b, t, n, kh, group, inputs, dense, assert_grads_match):
     q, k, v, pos = inputs(b, t, n, kh, 8)
     visible = jnp.asarray(np.broadcast_to(_s2_visible(t, n, group), (b, n, t, t)))
@@ -59,7 +61,10 @@ def test_s2_attn_rejects_odd_kv_heads(inputs):
         )
 
 
-@pytest.mark.parametrize("b, t, n, kh, sink, window", [(2, 29, 4, 2, 2, 6), (1, 16, 2, 1, 4, 3)])
+@pytest.mark.parametrize(
+    "b, t, n, kh, sink, window",
+    [(2, 29, 4, 2, 2, 6), pytest.param(1, 16, 2, 1, 4, 3, marks=pytest.mark.slow)],
+)
 def test_sink_window_matches_dense(b, t, n, kh, sink, window, inputs, dense, assert_grads_match):
     q, k, v, pos = inputs(b, t, n, kh, 8)
     i = np.arange(t)
