@@ -53,7 +53,7 @@ def block_means(kb, kv_segb):
 
 
 def slot_attention(q, k, v, ids, valid, *, block, q_pos, k_pos, q_seg, kv_seg, scale,
-                   chunk=128, step_chunks=128):  # fmt: skip
+                   chunk=128, steps=32):  # fmt: skip
     """Softmax attention of each query over each of its selected key blocks separately.
 
     Every (query token, query head, slot) is a "pair" reading one key block. Pairs are sorted by
@@ -62,7 +62,9 @@ def slot_attention(q, k, v, ids, valid, *, block, q_pos, k_pos, q_seg, kv_seg, s
     ``[chunk, H] x [H, block]`` product, so a key block is loaded once per chunk rather than once
     per query (the "gather queries by block" layout of MoBA's efficient kernel). Capacity is
     static: at most ``P + G * (chunk - 1)`` slots for ``P`` pairs and ``G`` groups. Chunks run
-    ``step_chunks`` at a time under ``lax.scan`` with ``jax.checkpoint``.
+    in ``steps`` groups under ``lax.scan`` with ``jax.checkpoint``; the queries are gathered
+    per chunk before the scan, so the backward's per-step work is O(chunks per step), except
+    for accumulating the key/value gradient (O(S) per step, hence few steps).
 
     Args:
       q: ``[B,T,N,H]``; k, v: ``[B,S,K,H]`` (head n reads kv head ``n // (N/K)``).
@@ -92,7 +94,8 @@ def slot_attention(q, k, v, ids, valid, *, block, q_pos, k_pos, q_seg, kv_seg, s
     g = jnp.minimum(sorted_group, groups - 1)
     slot = padded_start[g] + jnp.arange(pairs) - start[g]
     num_chunks = -(-(pairs + groups * (chunk - 1)) // chunk)
-    steps = -(-num_chunks // step_chunks)
+    steps = min(steps, num_chunks)
+    step_chunks = -(-num_chunks // steps)
     capacity = steps * step_chunks * chunk
     slot = jnp.where(sorted_group < groups, slot, capacity)  # invalid pairs: dropped
     chunk_pair = jnp.full((capacity,), pairs, jnp.int32).at[slot].set(order, mode="drop")
@@ -100,20 +103,19 @@ def slot_attention(q, k, v, ids, valid, *, block, q_pos, k_pos, q_seg, kv_seg, s
     first = jnp.minimum(chunk_pair[..., 0], pairs - 1)
     chunk_group = group[first] % groups  # [steps, step_chunks]
 
-    q_rows = q.reshape(b * t * n, h)
-    qp_rows, qs_rows = q_pos.reshape(-1), q_seg.reshape(-1)
+    row = jnp.minimum(chunk_pair, pairs - 1) // m  # the pair's (b, t, n) row
+    q_chunks = q.reshape(b * t * n, h)[row]  # [steps, step_chunks, chunk, H]
+    token = row // n
+    qp_chunks, qs_chunks = q_pos.reshape(-1)[token], q_seg.reshape(-1)[token]
 
     @jax.checkpoint
     def step(_, xs):
-        cp, cg = xs  # [step_chunks, chunk], [step_chunks]
+        cp, cg, qc, qp, qs = xs  # [step_chunks, chunk(, H)], [step_chunks]
         real = cp < pairs
-        row = jnp.minimum(cp, pairs - 1) // m  # (b, t, n) row
-        token = row // n
-        qp, qs = qp_rows[token], qs_rows[token]
         cb, ckh, cblk = cg // (kh * nb), (cg // nb) % kh, cg % nb
         kblk, vblk = kb[cb, cblk, :, ckh], vb[cb, cblk, :, ckh]  # [step_chunks, block, H]
         kp, ks = kpb[cb, cblk], ksb[cb, cblk]  # [step_chunks, block]
-        s = jnp.einsum("xch,xjh->xcj", q_rows[row].astype(_F32), kblk.astype(_F32)) * scale
+        s = jnp.einsum("xch,xjh->xcj", qc.astype(_F32), kblk.astype(_F32)) * scale
         visible = real[..., None] & (kp[:, None, :] <= qp[..., None])
         visible = visible & (ks[:, None, :] == qs[..., None]) & (qs != 0)[..., None]
         s = jnp.where(visible, s, -jnp.inf)
@@ -126,7 +128,8 @@ def slot_attention(q, k, v, ids, valid, *, block, q_pos, k_pos, q_seg, kv_seg, s
         out = jnp.einsum("xcj,xjh->xch", p, vblk.astype(_F32)) / safe[..., None]
         return None, (out, jnp.where(seen, mx + jnp.log(safe), -jnp.inf))
 
-    _, (out, lse) = lax.scan(step, None, (chunk_pair, chunk_group))
+    xs = (chunk_pair, chunk_group, q_chunks, qp_chunks, qs_chunks)
+    _, (out, lse) = lax.scan(step, None, xs)
     dest = chunk_pair.reshape(-1)  # index ``pairs`` (padding) is out of range: dropped
     out = jnp.zeros((pairs, h), _F32).at[dest].set(out.reshape(-1, h), mode="drop")
     lse = jnp.full((pairs,), -jnp.inf, _F32).at[dest].set(lse.reshape(-1), mode="drop")
