@@ -1,4 +1,4 @@
-"""Query-major attention over per-token selected key blocks, in plain JAX.
+"""Attention over per-token selected key blocks, regrouped by block, in plain JAX.
 
 MoBA (Lu et al. 2025, arXiv 2502.13189), NSA's selection branch (Yuan et al. 2025, arXiv
 2502.11089) and HSA (Hu et al. 2025, arXiv 2504.16795) all pick key blocks PER QUERY TOKEN. A
@@ -154,8 +154,9 @@ def merge_slots(out, lse):
 def scan_query_tiles(fn: Callable, tile: int, *rows: jax.Array):
     """Maps ``fn(start, *row_tiles) -> pytree of [B,C,...]`` over query tiles of ``tile`` tokens.
 
-    ``rows`` are ``[B,T,...]`` arrays (the last is expected to be segment ids, padded with 0);
-    ``start`` is the index of the tile's first token. Each tile is rematerialised in the
+    ``rows`` are ``[B,T,...]`` arrays, zero-padded to whole tiles (segment id 0 = padding, so
+    pass segment ids when padded rows must be ignored); ``start`` is the index of the tile's
+    first token. Each tile is rematerialised in the
     backward. Returns the outputs concatenated back to length T.
     """
     t = rows[0].shape[1]
