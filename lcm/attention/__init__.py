@@ -6,7 +6,9 @@
 
 Implementations (``ATTENTION.names()``): ``reference`` (dense float32 oracle), ``xla``
 (``jax.nn.dot_product_attention``), ``blockwise`` (flash-style online softmax, skips empty
-tiles). ``merge_attention`` combines partial results over disjoint key sets.
+tiles), ``ring``, and the sparse methods of ``lcm.attention.sparse`` (``moba``, ``hsa``,
+``s2_attn``, ``sink_window``). ``merge_attention`` combines partial results over disjoint key
+sets.
 """
 
 from lcm.attention import blockwise as blockwise
