@@ -31,6 +31,7 @@ def test_matches_dense_reference(
     )
 
 
+@pytest.mark.slow
 def test_segments_match_reference(inputs, assert_grads_match):
     q, k, v, pos = inputs(2, 20, 2, 2, 8, seed=4)
     seg = jnp.array([[1] * 20, [1] * 11 + [2] * 6 + [0] * 3], jnp.int32)

@@ -13,7 +13,7 @@ from lcm.attention.sparse import moba
     "b, t, n, kh, block, top_k, tile",
     [
         (2, 45, 4, 2, 8, 3, 16),  # GQA, batch 2, trailing partial block, several tiles
-        (1, 20, 2, 2, 5, 2, 8),  # MHA, T a multiple of the block
+        pytest.param(1, 20, 2, 2, 5, 2, 8, marks=pytest.mark.slow),  # MHA, T % block == 0
         pytest.param(1, 17, 4, 1, 4, 8, 32, marks=pytest.mark.slow),  # MQA, top_k > blocks
         pytest.param(2, 12, 2, 1, 3, 1, 5, marks=pytest.mark.slow),  # top_k 1: own block
     ],

@@ -47,7 +47,11 @@ def test_config_selects_sparse_impl_equal_to_causal_when_it_covers_everything(im
         ),
         ("s2_attn", dict(sparse_block=8)),
         pytest.param("sink_window", dict(sink=2, recent=8), marks=pytest.mark.slow),
-        ("nsa", dict(nsa_cmp_block=4, nsa_cmp_stride=2, nsa_slc_block=4, nsa_top_n=2)),
+        pytest.param(
+            "nsa",
+            dict(nsa_cmp_block=4, nsa_cmp_stride=2, nsa_slc_block=4, nsa_top_n=2),
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_sparse_impls_run_in_the_model_and_differ_from_causal(impl, attention):
