@@ -88,6 +88,21 @@ def get_config() -> ConfigDict:
     config.model.attention.ring_inner = "blockwise"  # ring: per-step tiles: blockwise | pallas
     # ring: token order for causal load balance: contiguous | striped | zigzag
     config.model.attention.ring_layout = "zigzag"
+    # Sparse attention (lcm.attention.sparse): moba | hsa | s2_attn | sink_window read these.
+    config.model.attention.sparse_block = 512  # moba block, hsa chunk, s2_attn group length
+    config.model.attention.sparse_top_k = 3  # moba: blocks per query (own included); hsa: chunks
+    config.model.attention.hsa_weighting = "softmax"  # hsa chunk mixing: softmax | stick_breaking
+    config.model.attention.sink = 4  # sink_window: first positions every query sees
+    config.model.attention.recent = 2048  # sink_window: most recent keys seen, query included
+    config.model.attention.sparse_dense_last = 0  # last layers that use sparse_dense_impl (MoBA: 3)
+    config.model.attention.sparse_dense_impl = "blockwise"  # the attention of those last layers
+    config.model.attention.nsa_cmp_block = 32  # nsa: compression block length l
+    config.model.attention.nsa_cmp_stride = 16  # nsa: compression stride d (divides l and l')
+    config.model.attention.nsa_slc_block = 64  # nsa: selection block length l'
+    config.model.attention.nsa_top_n = 16  # nsa: selected blocks per query, forced ones included
+    config.model.attention.nsa_init_blocks = 1  # nsa: initial blocks always selected
+    config.model.attention.nsa_local_blocks = 2  # nsa: most recent blocks always selected
+    config.model.attention.nsa_window = 512  # nsa: sliding-window branch keys, query included
 
     # ---- data ----------------------------------------------------------------------------
     config.data = ConfigDict()

@@ -27,6 +27,7 @@ from ml_collections import ConfigDict, FieldReference
 
 from lcm.attention import ATTENTION
 from lcm.attention import ring as ring_lib
+from lcm.attention import sparse as sparse_lib
 from lcm.data import synthetic
 from lcm.data.corpora import CORPORA
 from lcm.data.packing import PACKINGS
@@ -205,7 +206,7 @@ def _check_model(c: _Checker) -> None:
     _check_positional(c)
 
     a = m + "attention."
-    c.one_of(a + "impl", tuple(ATTENTION.names()))
+    c.one_of(a + "impl", tuple(ATTENTION.names()) + sparse_lib.MODULE_IMPLS)
     c.one_of(a + "ring_axis", mesh_lib.MESH_AXES)
     c.one_of(a + "ring_layout", ring_lib.LAYOUTS)
     c.one_of(a + "ring_inner", tuple(ring_lib.INNER))
@@ -226,6 +227,38 @@ def _check_model(c: _Checker) -> None:
     if c.get(a + "mask") in ("sliding_window", "chunked_causal"):
         c.check(a + "window", _is_positive_int, f"must be > 0 when {a}mask is not causal/full")
     c.positive_int(a + "block_q", a + "block_kv")
+    c.positive_int(a + "sparse_block", a + "sparse_top_k", a + "recent")
+    c.check(a + "sink", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
+    c.one_of(a + "hsa_weighting", sparse_lib.hsa.WEIGHTINGS)
+    c.check(
+        a + "sparse_dense_last", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0"
+    )
+    if _is_positive_int(c.get(m + "num_layers")):
+        n_layers = c.get(m + "num_layers")
+        c.check(
+            a + "sparse_dense_last",
+            lambda v: v < n_layers,
+            f"must be below model.num_layers = {n_layers}",
+        )
+    c.one_of(a + "sparse_dense_impl", tuple(ATTENTION.names()))
+    nsa_keys = ("cmp_block", "cmp_stride", "slc_block", "top_n", "window")
+    c.positive_int(*(a + "nsa_" + key for key in nsa_keys))
+    for key in ("nsa_init_blocks", "nsa_local_blocks"):
+        c.check(a + key, lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
+    stride = c.get(a + "nsa_cmp_stride")
+    if _is_positive_int(stride):
+        for key in ("nsa_cmp_block", "nsa_slc_block"):
+            c.check(
+                a + key,
+                lambda v, stride=stride: v % stride == 0,
+                f"must be a multiple of model.attention.nsa_cmp_stride = {stride}",
+            )
+    if c.get(a + "impl") == "s2_attn":
+        c.check(
+            a + "sparse_block",
+            lambda v: v >= 2,
+            "must be >= 2 for model.attention.impl = 's2_attn'",
+        )
     seq_len = c.get("seq_len")
     if c.get(a + "impl") in TILED_IMPLS and _is_positive_int(seq_len):
         for key in ("block_q", "block_kv"):

@@ -191,6 +191,19 @@ def test_every_config_validates(path):
             "config.seq_len = 200: must be a multiple of model.attention.block_q = 128 for "
             "model.attention.impl = 'blockwise'",
         ),
+        (
+            {"model__attention__sparse_top_k": 0},
+            "config.model.attention.sparse_top_k = 0: must be a positive integer",
+        ),
+        (
+            {"model__attention__hsa_weighting": "max"},
+            "config.model.attention.hsa_weighting = 'max': allowed: 'softmax', 'stick_breaking'",
+        ),
+        ({"model__attention__sink": -1}, "config.model.attention.sink = -1: must be an integer"),
+        (
+            {"model__attention__impl": "s2_attn", "model__attention__sparse_block": 1},
+            "config.model.attention.sparse_block = 1: must be >= 2 for model.attention.impl",
+        ),
         ({"data__batch_size": 0}, "config.data.batch_size = 0: must be a positive integer"),
         (
             {"data__corpus": "web"},

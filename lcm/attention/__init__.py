@@ -6,13 +6,16 @@
 
 Implementations (``ATTENTION.names()``): ``reference`` (dense float32 oracle), ``xla``
 (``jax.nn.dot_product_attention``), ``blockwise`` (flash-style online softmax, skips empty
-tiles). ``merge_attention`` combines partial results over disjoint key sets.
+tiles), ``ring``, and the sparse methods of ``lcm.attention.sparse`` (``moba``, ``hsa``,
+``s2_attn``, ``sink_window``). ``merge_attention`` combines partial results over disjoint key
+sets.
 """
 
 from lcm.attention import blockwise as blockwise
 from lcm.attention import pallas as pallas
 from lcm.attention import reference as reference
 from lcm.attention import ring as ring
+from lcm.attention import sparse as sparse
 from lcm.attention import xla as xla
 from lcm.attention.core import ATTENTION as ATTENTION
 from lcm.attention.core import Capabilities as Capabilities

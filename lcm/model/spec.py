@@ -15,6 +15,7 @@ from ml_collections import FrozenConfigDict
 
 from lcm import attention as attention_lib
 from lcm import positional as positional_lib
+from lcm.attention import sparse as sparse_lib
 from lcm.config import TILED_IMPLS
 from lcm.positional.schedule import LayerSpec, layer_specs
 
@@ -43,6 +44,18 @@ class ModelSpec:
     attention_impl: str
     attention_options: tuple[tuple[str, Any], ...]  # e.g. (("block_q", 128), ...)
     period_layers: tuple[LayerSpec, ...]  # one period of the per-layer schedule
+    dense_last: int = 0  # the last layers run dense_impl instead (MoBA keeps its last 3 full)
+    dense_impl: str = "blockwise"
+    dense_options: tuple[tuple[str, Any], ...] = ()
+
+    def dense_tail(self) -> ModelSpec:
+        """The spec of the last ``dense_last`` layers."""
+        return dataclasses.replace(
+            self,
+            attention_impl=self.dense_impl,
+            attention_options=self.dense_options,
+            dense_last=0,
+        )
 
     @property
     def causal(self) -> bool:
@@ -89,6 +102,7 @@ def _attention_options(attention, impl: str) -> tuple[tuple[str, Any], ...]:
         options.update(block_q=attention.block_q, block_kv=attention.block_kv)
     if impl == "ring":
         options.update(axis_name=attention.ring_axis, inner=attention.ring_inner)
+    options.update(sparse_lib.config_options(attention, impl))
     return tuple(options.items())
 
 
@@ -125,14 +139,40 @@ def build_spec(config, *, attention_impl: str | None = None) -> ModelSpec:
         attention_options=_attention_options(m.attention, impl),
         period_layers=period,
     )
-    for layer in period:
+    dense_last = m.attention.sparse_dense_last
+    if dense_last:
+        p = len(period)
+        if dense_last % p or dense_last >= m.num_layers:
+            raise ValueError(
+                f"config.model.attention.sparse_dense_last = {dense_last}: must be a multiple "
+                f"of the layer schedule's period {p} and below model.num_layers = {m.num_layers}"
+            )
+        dense_impl = m.attention.sparse_dense_impl
+        spec = dataclasses.replace(
+            spec,
+            dense_last=dense_last,
+            dense_impl=dense_impl,
+            dense_options=_attention_options(m.attention, dense_impl),
+        )
+    _check_impl(spec, m, impl)
+    if dense_last:
+        _check_impl(spec.dense_tail(), m, spec.dense_impl)
+    return spec
+
+
+def _check_impl(spec: ModelSpec, m, impl: str) -> None:
+    """Raises ``ValueError`` when ``impl`` cannot serve some layer of ``spec``."""
+    for layer in spec.period_layers:
         scheme = spec.build_positional(layer)
         needs = ["segments"]
         if scheme.logits_fn is not None:
             needs.append("custom_logits")
         if m.num_heads != m.num_kv_heads:
             needs.append("gqa")
-        attention_lib.check_capabilities(
-            impl, needs, by=f"positional scheme {layer.positional!r} (layer mask {layer.mask!r})"
-        )
-    return spec
+        by = f"positional scheme {layer.positional!r} (layer mask {layer.mask!r})"
+        if impl in sparse_lib.MODULE_IMPLS:
+            if scheme.logits_fn is not None or layer.mask != "causal":
+                raise ValueError(f"attention impl {impl!r} cannot serve {by}: it is causal only "
+                                 "and has no logits hook")  # fmt: skip
+            continue
+        attention_lib.check_capabilities(impl, needs, by=by)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from lcm import attention as attention_lib
+from lcm.attention import sparse as sparse_lib
 from lcm.model import layers
 from lcm.model.spec import ModelSpec, mask_for
 from lcm.parallel import sharding
@@ -75,23 +76,42 @@ class Attention(nn.Module):
         scheme = s.build_positional(self.layer)
         q, kk = scheme.rotate(q, kk, positions, positions)
         q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
-        out = attention_lib.attend(
+        out = self.mix(x, q, kk, v, positions, segment_ids, scheme)
+        out = sharding.constrain(out.astype(s.dtype), ("batch", "length", "heads", "head_dim"))
+        return jnp.einsum(
+            "BTNH,NHD->BTD", out, weight("wo", (n, h, d), ("heads", "head_dim", "embed"))
+        )
+
+    def mix(self, x, q, k, v, positions, segment_ids, scheme):
+        """Attention proper: ``lcm.attention.attend`` with the configured implementation."""
+        del x
+        return attention_lib.attend(
             q,
-            kk,
+            k,
             v,
             mask=mask_for(self.layer),
-            impl=s.attention_impl,
+            impl=self.spec.attention_impl,
             q_pos=positions,
             k_pos=positions,
             q_segment_ids=segment_ids,
             kv_segment_ids=segment_ids,
             logits_fn=scheme.logits_fn,
-            **dict(s.attention_options),
+            **dict(self.spec.attention_options),
         )
-        out = sharding.constrain(out.astype(s.dtype), ("batch", "length", "heads", "head_dim"))
-        return jnp.einsum(
-            "BTNH,NHD->BTD", out, weight("wo", (n, h, d), ("heads", "head_dim", "embed"))
-        )
+
+
+class NSAAttention(Attention):
+    """``Attention`` mixing with NSA (learned compression and gates; ``lcm.attention.sparse``)."""
+
+    def mix(self, x, q, k, v, positions, segment_ids, scheme):
+        del scheme  # build_spec admits only schemes without a logits hook
+        settings = sparse_lib.nsa.NSASettings(**dict(self.spec.attention_options))
+        nsa = sparse_lib.nsa.NSA(settings, self.spec.num_heads, self.spec.param_dtype, name="nsa")
+        return nsa(x, q, k, v, positions, positions, segment_ids, segment_ids)
+
+
+# Attention implementations that are modules with parameters; the rest go through ``attend``.
+ATTENTION_MODULES = {"nsa": NSAAttention}
 
 
 class Block(nn.Module):
@@ -105,7 +125,8 @@ class Block(nn.Module):
         s = self.spec
         norm = dict(dtype=s.dtype, param_dtype=s.param_dtype)
         h = layers.RMSNorm(name="attn_norm", eps=s.norm_eps, **norm)(x)
-        x = x + Attention(s, self.layer, name="attn")(h, positions, segment_ids)
+        attention = ATTENTION_MODULES.get(s.attention_impl, Attention)
+        x = x + attention(s, self.layer, name="attn")(h, positions, segment_ids)
         h = layers.RMSNorm(name="mlp_norm", eps=s.norm_eps, **norm)(x)
         x = x + layers.MLP(s.mlp_dim, name="mlp", **norm)(h)
         return sharding.constrain(x, ("batch", "length", "embed"))
@@ -142,20 +163,25 @@ class Transformer(nn.Module):
         policy = REMAT_POLICIES[s.remat_policy]
         if s.remat_policy != "none":
             group = nn.remat(Group, policy=policy, prevent_cse=not s.scan_layers)
-        repeats = s.num_layers // len(s.period_layers)
-        if s.scan_layers:
-            scanned = nn.scan(
-                group,
-                variable_axes={"params": 0},
-                split_rngs={"params": True},
-                in_axes=(nn.broadcast, nn.broadcast),
-                length=repeats,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )
-            x, _ = scanned(s, name="layers")(x, positions, segment_ids)
-        else:
-            for r in range(repeats):
-                x, _ = group(s, name=f"layers_{r}")(x, positions, segment_ids)
+        # The last ``dense_last`` layers (MoBA keeps its last 3 full) run the dense impl.
+        stacks = [(s, s.num_layers - s.dense_last, "layers")]
+        if s.dense_last:
+            stacks.append((s.dense_tail(), s.dense_last, "dense_layers"))
+        for spec, count, name in stacks:
+            repeats = count // len(spec.period_layers)
+            if s.scan_layers:
+                scanned = nn.scan(
+                    group,
+                    variable_axes={"params": 0},
+                    split_rngs={"params": True},
+                    in_axes=(nn.broadcast, nn.broadcast),
+                    length=repeats,
+                    metadata_params={nn.PARTITION_NAME: "layers"},
+                )
+                x, _ = scanned(spec, name=name)(x, positions, segment_ids)
+            else:
+                for r in range(repeats):
+                    x, _ = group(spec, name=f"{name}_{r}")(x, positions, segment_ids)
 
         x = layers.RMSNorm(
             name="final_norm", eps=s.norm_eps, dtype=s.dtype, param_dtype=s.param_dtype

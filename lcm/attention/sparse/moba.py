@@ -1,0 +1,220 @@
+"""MoBA, Mixture of Block Attention (Lu et al. 2025, arXiv 2502.13189).
+
+Keys are cut into blocks of ``block_size`` tokens. Each query head gates every block by ``q .
+mean(block keys)`` (float32, no parameters). A query always takes its own block (causally) and
+never a later one, and the remaining ``top_k - 1`` picks are the highest-gated earlier blocks;
+then one softmax runs over the union of the picked blocks. This is exactly the authors' naive
+reference ``moba_attn_varlen_naive`` (``MoonshotAI/MoBA``, ``moba/moba_naive.py``), where the own
+block is gated ``+inf`` and later blocks ``-inf`` before ``topk(min(top_k, num_blocks))``:
+
+* A later block that the top-k picks (when fewer than ``top_k - 1`` earlier blocks exist) is
+  removed by the causal mask there, so here it is simply not a slot.
+* Ties between equal gates go to the lower block index (``lax.top_k`` order; the reference
+  keeps exactly ``topk``'s indices, whose tie order torch leaves unspecified).
+* A trailing partial block's mean is over its real tokens only; it can only ever be a query's
+  own block, since it is later than every other query.
+
+Blocks are index blocks of the row (self-attention, ``T == S``): token t is in block
+``t // block_size``. With one document per row this is the reference's per-sequence blocking;
+packed documents (segment ids) are kept apart by the segment mask but share the row's blocks,
+and a block's mean is over its non-padding tokens. Causality inside a block is read from
+positions, so positions must increase with the index inside each document (any packing does).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+from lcm.attention import core
+from lcm.attention import masks as masks_lib
+from lcm.attention.sparse import gathered
+
+_F32 = jnp.float32
+_HIGHEST = lax.Precision.HIGHEST
+
+
+def _check(q, k, mask, block_size, top_k, query_tile, chunk):
+    sizes = dict(block_size=block_size, top_k=top_k, query_tile=query_tile, chunk=chunk)
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"moba {name} = {value!r}: must be a positive integer")
+    if q.shape[1] != k.shape[1]:
+        raise ValueError(f"moba is self-attention: q length {q.shape[1]} != k length {k.shape[1]}")
+    if mask != masks_lib.Causal():
+        raise ValueError(f"moba mask = {mask!r}: must be Causal() (MoBA is causal)")
+
+
+def _select_tile(q, start, means, block_size, top_k):
+    """Slot ids ``[B,C,N,M]`` (own block first) and validity for queries ``start..start+C-1``.
+
+    ``means [B,nb,K,H]`` are the gate keys; ``M = min(top_k, nb)``.
+    """
+    b, c, n, _ = q.shape
+    nb, kh = means.shape[1], means.shape[2]
+    gate = jnp.einsum(
+        "bckgh,bjkh->bckgj",
+        q.astype(_F32).reshape(b, c, kh, n // kh, -1),
+        means,
+        precision=_HIGHEST,
+    ).reshape(b, c, n, nb)
+    own = jnp.minimum((start + jnp.arange(c)) // block_size, nb - 1).astype(jnp.int32)
+    own_ids = jnp.broadcast_to(own[None, :, None, None], (b, c, n, 1))
+    m = min(top_k, nb)
+    if m == 1:
+        return own_ids, jnp.ones(own_ids.shape, bool)
+    earlier = jnp.arange(nb)[None, :] < own[:, None]  # [C, nb]
+    gate = jnp.where(earlier[None, :, None, :], gate, -jnp.inf)
+    values, picks = lax.top_k(gate, m - 1)
+    ids = jnp.concatenate([own_ids, picks.astype(jnp.int32)], -1)
+    valid = jnp.concatenate([jnp.ones(own_ids.shape, bool), jnp.isfinite(values)], -1)
+    return ids, valid
+
+
+def moba_selection(q, k, *, block_size, top_k, kv_segment_ids=None):
+    """The blocks each query head attends to: ``(ids [B,T,N,M] int32, valid [B,T,N,M] bool)``.
+
+    Slot 0 is the query's own block; slots 1.. are the top earlier blocks in decreasing gate
+    order (ties to the lower index); invalid slots (fewer earlier blocks than ``top_k - 1``) hold
+    arbitrary ids. ``M = min(top_k, ceil(S / block_size))``. For tests and inspection; the
+    attention computes the same selection tile by tile.
+    """
+    kv_seg = core.segments_or_ones(kv_segment_ids, k)
+    kb, _, _, ksb = gathered.key_blocks(k, k, kv_seg, kv_seg, block_size)
+    return _select_tile(q, 0, gathered.block_means(kb, ksb), block_size, top_k)
+
+
+def moba_attention(
+    q,
+    k,
+    v,
+    *,
+    block_size: int,
+    top_k: int,
+    q_pos,
+    k_pos,
+    q_segment_ids=None,
+    kv_segment_ids=None,
+    scale: float | None = None,
+    query_tile: int = 256,
+    chunk: int = 128,
+    return_lse: bool = False,
+):
+    """MoBA attention, ``q [B,T,N,H]``, ``k, v [B,T,K,H]`` -> ``[B,T,N,H]`` (and lse).
+
+    Args:
+      block_size: MoBA block (chunk) length.
+      top_k: blocks per query, own block included (the paper's 8K runs: 512 and 3).
+      q_pos, k_pos, q_segment_ids, kv_segment_ids: as ``core.attend``.
+      scale: softmax scale, default ``1 / sqrt(H)``.
+      query_tile: queries selected together (memory ~ query_tile * N * S / block_size).
+      chunk: (query, block) pairs per dense product in ``gathered.slot_attention``.
+      return_lse: also return the log-sum-exp ``[B,T,N]``.
+    """
+    _check(q, k, masks_lib.Causal(), block_size, top_k, query_tile, chunk)
+    scale = core.default_scale(q.shape[-1]) if scale is None else float(scale)
+    q_seg = core.segments_or_ones(q_segment_ids, q)
+    kv_seg = core.segments_or_ones(kv_segment_ids, k)
+    kb, _, _, ksb = gathered.key_blocks(k, k, kv_seg, kv_seg, block_size)
+    means = gathered.block_means(lax.stop_gradient(kb), ksb)
+
+    def select(start, q_t, _):
+        return _select_tile(lax.stop_gradient(q_t), start, means, block_size, top_k)
+
+    ids, valid = gathered.scan_query_tiles(select, query_tile, q, q_seg)
+    out, lse = gathered.slot_attention(
+        q, k, v, ids, valid, block=block_size, q_pos=q_pos, k_pos=k_pos, q_seg=q_seg,
+        kv_seg=kv_seg, scale=scale, chunk=chunk,
+    )  # fmt: skip
+    out, lse = gathered.merge_slots(out, lse)
+    out = out.astype(q.dtype)
+    return (out, lse) if return_lse else out
+
+
+def moba_reference(
+    q, k, v, *, block_size, top_k, q_pos, k_pos, q_segment_ids=None, kv_segment_ids=None, scale=None
+):
+    """Dense float32 transcription of ``moba_attn_varlen_naive`` (for tests; O(T * S)).
+
+    Causality is by index, as in the naive code; ``k_pos`` and ``q_pos`` are unused. The fast
+    path reads it from positions, which agree when positions increase along each document.
+    """
+    del q_pos, k_pos
+    dtype = q.dtype
+    q, k, v = (x.astype(_F32) for x in (q, k, v))
+    _, t, n, h = q.shape
+    s, kh = k.shape[1], k.shape[2]
+    g = n // kh
+    scale = core.default_scale(h) if scale is None else scale
+    q_seg = core.segments_or_ones(q_segment_ids, q)
+    kv_seg = core.segments_or_ones(kv_segment_ids, k)
+    nb = -(-s // block_size)
+    key_block = jnp.arange(s) // block_size  # [S]
+    onehot = (key_block[None, :] == jnp.arange(nb)[:, None]) & (kv_seg[:, None, :] != 0)
+    means = jnp.einsum("bjs,bskh->bjkh", onehot.astype(_F32), k, precision=_HIGHEST)
+    means = means / jnp.maximum(onehot.sum(-1), 1)[..., None, None]
+    kr = jnp.repeat(k, g, axis=2)
+    vr = jnp.repeat(v, g, axis=2)
+    gate = jnp.einsum("btnh,bjnh->bntj", q, jnp.repeat(means, g, axis=2), precision=_HIGHEST)
+    q_block = (jnp.arange(t) // block_size)[:, None]  # [T, 1]
+    j = jnp.arange(nb)[None, :]
+    gate = jnp.where(j > q_block, -jnp.inf, gate)
+    gate = jnp.where(j == q_block, jnp.inf, gate)
+    top_vals, top_idx = lax.top_k(gate, min(top_k, nb))
+    need = gate >= top_vals.min(-1, keepdims=True)
+    picked = (top_idx[..., None] == jnp.arange(nb)).any(-2)
+    need = need & picked  # [B, N, T, nb]
+    allowed = need[..., key_block]  # [B, N, T, S]
+    visible = (
+        allowed
+        & (jnp.arange(s)[None, :] <= jnp.arange(t)[:, None])  # the naive code's tril
+        & (q_seg[:, None, :, None] == kv_seg[:, None, None, :])
+        & (q_seg[:, None, :, None] != 0)
+    )
+    logits = jnp.einsum("btnh,bsnh->bnts", q, kr, precision=_HIGHEST) * scale
+    logits = jnp.where(visible, logits, -jnp.inf)
+    m = lax.stop_gradient(logits.max(-1, keepdims=True))
+    p = jnp.exp(logits - jnp.where(jnp.isfinite(m), m, 0.0))
+    total = p.sum(-1, keepdims=True)
+    p = p / jnp.where(total > 0, total, 1.0)
+    return jnp.einsum("bnts,bsnh->btnh", p, vr, precision=_HIGHEST).astype(dtype)
+
+
+@core.register(
+    "moba",
+    core.Capabilities(
+        custom_logits=False,
+        segments=True,
+        gqa=True,
+        needs_mesh=False,
+        differentiable=True,
+        returns_lse=True,
+    ),
+)
+def _moba_impl(
+    q,
+    k,
+    v,
+    *,
+    mask,
+    q_pos,
+    k_pos,
+    q_segment_ids,
+    kv_segment_ids,
+    logits_fn,
+    scale,
+    return_lse,
+    block_size: int = 512,
+    top_k: int = 3,
+    query_tile: int = 256,
+    chunk: int = 128,
+):
+    """``attend(..., impl="moba", block_size=, top_k=)``; the mask must be ``Causal()``."""
+    del logits_fn  # refused by the capability check
+    _check(q, k, mask, block_size, top_k, query_tile, chunk)
+    out, lse = moba_attention(
+        q, k, v, block_size=block_size, top_k=top_k, q_pos=q_pos, k_pos=k_pos,
+        q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, scale=scale,
+        query_tile=query_tile, chunk=chunk, return_lse=True,
+    )  # fmt: skip
+    return out, (lse if return_lse else None)

@@ -1,0 +1,40 @@
+"""Attention sinks + sliding window (StreamingLLM, Xiao et al. 2023, arXiv 2309.17453).
+
+Every query sees the first ``sink`` positions and the last ``window`` positions up to itself:
+``mask & (SlidingWindow(window - 1) | Sink(sink))``, with ``mask = Causal()`` the StreamingLLM
+training mask (``mit-han-lab/streaming-llm`` keeps ``start_size = 4`` and ``recent_size``
+tokens). The mask is static and lowered to tile visit lists by ``blockwise``, so tiles outside
+the sinks and the window are never computed.
+"""
+
+from __future__ import annotations
+
+from lcm.attention import blockwise, core
+from lcm.attention import masks as masks_lib
+
+
+def sink_window_mask(mask: masks_lib.Mask, *, sink: int, window: int) -> masks_lib.Mask:
+    """``mask & (SlidingWindow(window - 1) | Sink(sink))``: ``window`` keys including the query."""
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise ValueError(f"sink_window window = {window!r}: must be a positive integer")
+    if not isinstance(sink, int) or isinstance(sink, bool) or sink < 0:
+        raise ValueError(f"sink_window sink = {sink!r}: must be an integer >= 0")
+    return mask & (masks_lib.SlidingWindow(window - 1) | masks_lib.Sink(sink))
+
+
+@core.register(
+    "sink_window",
+    core.Capabilities(
+        custom_logits=True,
+        segments=True,
+        gqa=True,
+        needs_mesh=False,
+        differentiable=True,
+        returns_lse=True,
+    ),
+)
+def sink_window_attention(q, k, v, *, mask, sink: int = 4, window: int = 2048, **kwargs):
+    """``attend(..., impl="sink_window", sink=, window=)``: blockwise with the combined mask."""
+    return blockwise.blockwise_attention(
+        q, k, v, mask=sink_window_mask(mask, sink=sink, window=window), **kwargs
+    )
