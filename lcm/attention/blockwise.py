@@ -128,7 +128,7 @@ def ring_tiles(*, mask, logits_fn, scale, block_q: int = 128, block_kv: int = 12
             q, k, v, q_pos, k_pos, q_seg, k_seg, mask, logits_fn, scale, block_q, block_kv
         )
         delta = _delta(out, d_out, d_lse)
-        rows = (_pad(x, st.block_q) for x in (lse, delta, d_out))
+        rows = (core.pad_to_multiple(x, st.block_q) for x in (lse, delta, d_out))
         dq, dk, dv = _backward(st, *padded, *rows)
         return dq[:, : q.shape[1]], dk[:, : k.shape[1]], dv[:, : k.shape[1]]
 
@@ -145,20 +145,12 @@ def _setup(q, k, v, q_pos, k_pos, q_segment_ids, kv_segment_ids, mask, logits_fn
     static = _Static(mask, logits_fn, scale, cq, ck)
     q_seg = core.segments_or_ones(q_segment_ids, q)
     kv_seg = core.segments_or_ones(kv_segment_ids, k)
-    q, q_pos, q_seg = (_pad(x, cq) for x in (q, q_pos, q_seg))
-    k, v, k_pos, kv_seg = (_pad(x, ck) for x in (k, v, k_pos, kv_seg))
+    q, q_pos, q_seg = (core.pad_to_multiple(x, cq) for x in (q, q_pos, q_seg))
+    k, v, k_pos, kv_seg = (core.pad_to_multiple(x, ck) for x in (k, v, k_pos, kv_seg))
     classes = tiles.classify_tiles(
         mask, tiles.block_ranges(q_pos, q_seg, cq), tiles.block_ranges(k_pos, kv_seg, ck)
     )
     return static, (q, k, v, q_pos, k_pos, q_seg, kv_seg, tiles.visit_lists(classes))
-
-
-def _pad(x: jax.Array, block: int) -> jax.Array:
-    """Pads axis 1 with zeros (segment id 0 = padding) to a multiple of ``block``."""
-    extra = -x.shape[1] % block
-    if not extra:
-        return x
-    return jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
 
 
 def _blocks(x: jax.Array, block: int) -> jax.Array:

@@ -102,6 +102,18 @@ def segments_or_ones(segment_ids: jax.Array | None, like: jax.Array) -> jax.Arra
     return segment_ids
 
 
+def pad_to_multiple(x: jax.Array, block: int) -> jax.Array:
+    """Pads axis 1 (the sequence) with zeros to a multiple of ``block``.
+
+    For segment ids the zeros mean padding, which no mask or tile ever attends, so padded
+    attention equals unpadded attention on the real rows.
+    """
+    extra = -x.shape[1] % block
+    if not extra:
+        return x
+    return jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
+
+
 def attend(
     q: jax.Array,
     k: jax.Array,

@@ -15,8 +15,6 @@ ALiBi or SelfExtend are refused at model build time.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from kernels_pallas.flash import BlockSizes, flash_attention, flash_attention_bwd
 from lcm.attention import core
 from lcm.attention import masks as masks_lib
@@ -33,15 +31,6 @@ def _causal(mask: masks_lib.Mask) -> bool:
         f"attention impl 'pallas' supports masks {', '.join(SUPPORTED_MASKS)}; got {mask!r} "
         "(use impl 'blockwise', or the block-sparse path of lcm.attention.sparse)"
     )
-
-
-def _pad(x, length: int):
-    extra = length - x.shape[1]
-    return x if not extra else jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
-
-
-def _round_up(n: int, block: int) -> int:
-    return -(-n // block) * block
 
 
 @core.register(
@@ -82,11 +71,10 @@ def pallas_attention(
     causal = _causal(mask)
     t, s = q.shape[1], k.shape[1]
     cq, ck = min(block_q, t), min(block_kv, s)
-    tp, sp = _round_up(t, cq), _round_up(s, ck)
-    q_seg = _pad(core.segments_or_ones(q_segment_ids, q), tp)
-    kv_seg = _pad(core.segments_or_ones(kv_segment_ids, k), sp)
-    q, q_pos = _pad(q, tp), _pad(q_pos, tp)
-    k, v, k_pos = _pad(k, sp), _pad(v, sp), _pad(k_pos, sp)
+    q_seg = core.segments_or_ones(q_segment_ids, q)
+    kv_seg = core.segments_or_ones(kv_segment_ids, k)
+    q, q_pos, q_seg = (core.pad_to_multiple(x, cq) for x in (q, q_pos, q_seg))
+    k, v, k_pos, kv_seg = (core.pad_to_multiple(x, ck) for x in (k, v, k_pos, kv_seg))
     out, lse = flash_attention(
         q.transpose(0, 2, 1, 3),
         k.transpose(0, 2, 1, 3),

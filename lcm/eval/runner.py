@@ -31,6 +31,7 @@ from lcm import model as model_lib
 from lcm.data import synthetic
 from lcm.eval import perplexity, plots, tasks
 from lcm.model import hf
+from lcm.parallel import mesh as mesh_lib
 from lcm.train import checkpoint, optimizer
 from lcm.train import state as state_lib
 
@@ -68,15 +69,16 @@ def load_params(config, workdir: str, model, hf_params=None) -> tuple[object, in
     """
     seq_len = config.seq_len
     if config.eval.init == "random":
-        dummy = state_lib._dummy_inputs(1, seq_len)
+        dummy = state_lib.dummy_inputs(1, seq_len)
         variables = model.init(jax.random.key(config.train.seed), *dummy)
         return nn.unbox(variables["params"]), None
     tx = optimizer.make_optimizer(config.train)
-    init = state_lib._boxed_init(model, tx, 1, seq_len)
-    plain = jax.eval_shape(lambda rng: nn.unbox(init(rng)), jax.random.key(0))
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), plain
+    one_device = mesh_lib.make_mesh(
+        {"axes": mesh_lib.MESH_AXES, "shape": (1, 1, 1, 1), "axis_types": "auto"},
+        devices=jax.devices()[:1],
+    )
+    abstract, _ = state_lib.state_shardings(
+        model, tx, one_device, config.mesh.rules, batch_size=1, seq_len=seq_len
     )
     ckpt = checkpoint.Checkpointer(workdir, every=1, max_to_keep=config.train.max_checkpoints)
     step, state = ckpt.restore_latest_state(abstract)

@@ -24,7 +24,8 @@ class TrainState:
     opt_state: Any
 
 
-def _dummy_inputs(batch_size: int, seq_len: int):
+def dummy_inputs(batch_size: int, seq_len: int):
+    """Shape-only model inputs ``(tokens, positions, segment_ids)`` for ``model.init``."""
     tokens = jnp.zeros((batch_size, seq_len), jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch_size, seq_len))
     return tokens, positions, jnp.ones_like(tokens)
@@ -32,7 +33,7 @@ def _dummy_inputs(batch_size: int, seq_len: int):
 
 def _boxed_init(model: nn.Module, tx: optax.GradientTransformation, batch_size, seq_len):
     def init(rng):
-        params = model.init(rng, *_dummy_inputs(batch_size, seq_len))["params"]
+        params = model.init(rng, *dummy_inputs(batch_size, seq_len))["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
     return init

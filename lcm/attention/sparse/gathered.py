@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lcm.attention import blockwise
+from lcm.attention import blockwise, core
 
 _F32 = jnp.float32
 
@@ -36,7 +36,7 @@ def key_blocks(k, v, k_pos, kv_seg, block):
 
     The tail is padded with segment id 0 (never visible).
     """
-    k, v, k_pos, kv_seg = (blockwise._pad(x, block) for x in (k, v, k_pos, kv_seg))
+    k, v, k_pos, kv_seg = (core.pad_to_multiple(x, block) for x in (k, v, k_pos, kv_seg))
     b, s = k_pos.shape
     return tuple(x.reshape(b, s // block, block, *x.shape[2:]) for x in (k, v, k_pos, kv_seg))
 
@@ -161,7 +161,7 @@ def scan_query_tiles(fn: Callable, tile: int, *rows: jax.Array):
     """
     t = rows[0].shape[1]
     c = min(tile, t)
-    padded = [blockwise._pad(x, c) for x in rows]
+    padded = [core.pad_to_multiple(x, c) for x in rows]
     nt = padded[0].shape[1] // c
 
     @jax.checkpoint
