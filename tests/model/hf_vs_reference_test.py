@@ -407,13 +407,15 @@ def test_bfloat16_checkpoint_loads_as_float32(tmp_path):
     _assert_close(_lcm_logits(config, params, tokens), _hf_logits(reference, tokens))
 
 
-def test_cohere2_legacy_keys_and_pattern(tmp_path):
-    """Original-release keys with transformers' hard-coded values load; the pattern comes from
-    sliding_window_pattern (every 2nd layer global here) when layer_types is absent."""
+def test_cohere2_legacy_config_matches_transformers(tmp_path):
+    """An original-release style config.json: legacy keys with transformers' hard-coded values,
+    the pattern from sliding_window_pattern (every 2nd layer global here), and the Cohere2
+    defaults (tied embeddings, logit_scale 0.0625, eps 1e-5) where keys are absent."""
     _hf_model("cohere2").save_pretrained(tmp_path)
     file = tmp_path / "config.json"
     hf_config = json.loads(file.read_text())
-    del hf_config["layer_types"]
+    for key in ("layer_types", "tie_word_embeddings", "logit_scale", "layer_norm_eps"):
+        del hf_config[key]
     hf_config.update(
         sliding_window_pattern=2, order_of_interleaved_layers="local_attn_first",
         position_embedding_type="rope_gptj", rotary_pct=1.0, use_gated_activation=True,
@@ -421,10 +423,16 @@ def test_cohere2_legacy_keys_and_pattern(tmp_path):
         use_parallel_embedding=True, layer_switch=2, cache_implementation="hybrid",
     )  # fmt: skip
     file.write_text(json.dumps(hf_config))
-    config, _ = hf.load(tmp_path)
-    p = config.model.positional
+    config, params = hf.load(tmp_path)
+    m, p = config.model, config.model.positional
     assert (p.schedule, p.nope_every, p.swa_window, p.layout) == ("rnope_swa", 2, 4, "interleaved")
-    assert [x.positional for x in model_lib.build_spec(config).period_layers] == ["rope", "nope"]
+    assert (m.tie_embeddings, m.logit_scale, m.norm_eps) == (True, 0.0625, 1e-5)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, attn_implementation="eager"
+    ).eval()
+    assert reference.config.layer_types == ["sliding_attention", "full_attention"] * 2
+    tokens = _tokens()
+    _assert_close(_lcm_logits(config, params, tokens), _hf_logits(reference, tokens))
 
 
 @pytest.mark.parametrize("impl", ["reference", "blockwise"])

@@ -27,7 +27,7 @@ _REFUSED = {
     "cohere": "Cohere (v1) is not mapped (its per-head LayerNorm QK-norm has no lcm "
     "equivalent); Cohere2 is supported",
 }
-_NORM_EPS = {"llama": 1e-6, "mistral": 1e-6, "qwen2": 1e-6, "phi3": 1e-5, "cohere2": 1e-5}
+_NORM_EPS = {"llama": 1e-6, "mistral": 1e-6, "qwen2": 1e-6, "phi3": 1e-5}  # HF defaults
 # Keys read below (values checked there), per family.
 _MAPPED = {
     "model_type", "architectures", "vocab_size", "hidden_size", "intermediate_size",
@@ -57,6 +57,11 @@ _COHERE2_LEGACY = {
     "layer_switch": None,
 }
 _FAMILY_KEYS["cohere2"] |= set(_COHERE2_LEGACY)
+# transformers' Cohere2Config defaults that differ from the other families' (absent = these).
+_COHERE2_DEFAULTS = {
+    "tie_word_embeddings": True, "sliding_window": 4096, "logit_scale": 0.0625,
+    "layer_norm_eps": 1e-5,
+}  # fmt: skip
 # Keys with no effect on the forward pass in float32 inference or training from the weights.
 _IGNORED = {
     "_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache",
@@ -143,7 +148,7 @@ def _cohere2_checks(hf: dict, problems: list[str]) -> None:
     for key, want in _COHERE2_LEGACY.items():
         if key in hf and want is not None and hf[key] != want:
             problems.append(f"{key} {hf[key]!r} (transformers' Cohere2 assumes {want!r})")
-    tied = hf.get("tie_word_embeddings", True)
+    tied = hf["tie_word_embeddings"]
     if hf.get("use_embedding_sharing", tied) != tied:
         problems.append(f"use_embedding_sharing {hf['use_embedding_sharing']} differs from "
                         f"tie_word_embeddings {tied}")  # fmt: skip
@@ -185,6 +190,9 @@ def config_from_hf(hf: dict[str, Any]) -> ConfigDict:
         raise ValueError(f"model_type {family!r} is not supported: {_REFUSED[family]}")
     if family not in FAMILIES:
         raise ValueError(f"model_type {family!r} is not supported; allowed: {', '.join(FAMILIES)}")
+    cohere = family == "cohere2"
+    if cohere:
+        hf = {**_COHERE2_DEFAULTS, **hf}
     problems = []
     unknown = sorted(set(hf) - _MAPPED - _FAMILY_KEYS[family] - _IGNORED)
     if unknown:
@@ -200,7 +208,6 @@ def config_from_hf(hf: dict[str, Any]) -> ConfigDict:
     if partial != 1.0 and family != "phi3":
         problems.append(f"partial_rotary_factor {partial} (only phi3 rotates part of a head)")
     windows = _layer_types(hf, family, problems)
-    cohere = family == "cohere2"
     if cohere:
         _cohere2_checks(hf, problems)
     if problems:
@@ -218,11 +225,11 @@ def config_from_hf(hf: dict[str, Any]) -> ConfigDict:
     m.tie_embeddings = bool(hf.get("tie_word_embeddings", False))
     m.scale_tied_logits = False
     m.qkv_bias = family == "qwen2"
-    eps_key = "layer_norm_eps" if cohere else "rms_norm_eps"
-    m.norm_eps = float(hf.get(eps_key, _NORM_EPS[family]))
     if cohere:  # LayerNorm, parallel block, logit scale; RoPE only on sliding layers
         m.norm, m.parallel_block = "layernorm", True
-        m.logit_scale = float(hf.get("logit_scale", 0.0625))
+        m.norm_eps, m.logit_scale = float(hf["layer_norm_eps"]), float(hf["logit_scale"])
+    else:
+        m.norm_eps = float(hf.get("rms_norm_eps", _NORM_EPS[family]))
     p = m.positional
     p.layout = "interleaved" if cohere else "half"
     p.base, p.partial_rotary_factor = base, partial
