@@ -449,3 +449,19 @@ def test_cohere2_attention_impls_match_transformers(impl, tmp_path):
     positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), tokens.shape)
     logits = model_lib.Transformer(spec).apply({"params": params}, jnp.asarray(tokens), positions)
     _assert_close(np.asarray(logits), _hf_logits(model, tokens))
+
+
+def test_with_checkpoint_cohere2_takes_block_options(tmp_path):
+    _hf_model("cohere2").save_pretrained(tmp_path)
+    config = config_lib.base_config()
+    config.model.hf_path = str(tmp_path)
+    config.model.positional.swa_window = 2  # set: kept (a shorter window on the RoPE layers)
+    merged, _ = hf.with_checkpoint(config)
+    m = merged.model
+    assert (m.norm, m.parallel_block, m.logit_scale) == ("layernorm", True, 0.5)
+    assert (m.positional.schedule, m.positional.layout, m.positional.swa_window) == (
+        "rnope_swa", "interleaved", 2
+    )  # fmt: skip
+    config.model.logit_scale = 2.0
+    with pytest.raises(ValueError, match=r"config.model.logit_scale = 2.0 \(checkpoint: 0.5\)"):
+        hf.with_checkpoint(config)
