@@ -29,8 +29,11 @@ def get_config() -> ConfigDict:
     config.model.tie_embeddings = True  # share input embedding and output projection
     config.model.qk_norm = False  # RMSNorm on q and k before attention
     config.model.qkv_bias = False  # learned bias on the q/k/v projections (Qwen2)
-    config.model.norm_eps = 1e-6  # RMSNorm epsilon (HF rms_norm_eps; Phi-3 uses 1e-5)
+    config.model.norm = "rms"  # residual-stream norms: rms | layernorm (scale, no bias; Cohere2)
+    config.model.norm_eps = 1e-6  # norm epsilon (HF rms_norm_eps / layer_norm_eps; Phi-3: 1e-5)
+    config.model.parallel_block = False  # x + attn(norm(x)) + mlp(norm(x)), one norm (Cohere2)
     config.model.scale_tied_logits = True  # tied logits / sqrt(d_model); HF checkpoints: False
+    config.model.logit_scale = 1.0  # multiplies the output logits (HF Cohere2 logit_scale)
     # Hugging Face model directory (config.json + safetensors, lcm.model.hf); when set, scripts
     # take the model fields and initial weights from it.
     config.model.hf_path = config_dict.placeholder(str)

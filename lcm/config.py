@@ -44,6 +44,7 @@ BASE_CONFIG = REPO_ROOT / "configs" / "base.py"
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 ROPE_LAYOUTS = ("half", "interleaved")
+NORMS = ("rms", "layernorm")  # lcm.model.layers.NORMS
 MASKS = schedule_lib.MASKS
 TOKENIZER_SUFFIXES = (".model", ".json")  # SentencePiece, Hugging Face
 EVAL_PROTOCOLS = ("truncate", "sliding")
@@ -193,7 +194,8 @@ def _check_model(c: _Checker) -> None:
     if _is_positive_int(heads) and _is_positive_int(kv_heads) and heads % kv_heads:
         c.fail(m + "num_heads", f"must be a multiple of model.num_kv_heads = {kv_heads}")
     c.check(m + "head_dim", lambda v: v % 2 == 0, "must be even (RoPE rotates pairs)")
-    c.positive(m + "norm_eps")
+    c.one_of(m + "norm", NORMS)
+    c.positive(m + "norm_eps", m + "logit_scale")
     c.check(
         m + "hf_path",
         lambda v: v is None or (pathlib.Path(v) / "config.json").is_file(),

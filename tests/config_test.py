@@ -280,6 +280,9 @@ def test_every_config_validates(path):
         ({"model__qk_norm": 1}, "config.model.qk_norm = 1: must be of type bool"),
         ({"model__norm_eps": 0.0}, "config.model.norm_eps = 0.0: must be a number > 0"),
         ({"model__qkv_bias": 1}, "config.model.qkv_bias = 1: must be of type bool"),
+        ({"model__norm": "ln"}, "config.model.norm = 'ln': allowed: 'rms', 'layernorm'"),
+        ({"model__parallel_block": 1}, "config.model.parallel_block = 1: must be of type bool"),
+        ({"model__logit_scale": 0.0}, "config.model.logit_scale = 0.0: must be a number > 0"),
         (
             {"model__hf_path": "/nonexistent"},
             "config.model.hf_path = '/nonexistent': must be None or a directory holding a "

@@ -1,7 +1,7 @@
-"""Leaf layers of the transformer: RMSNorm, SwiGLU MLP and the token embedding.
+"""Leaf layers of the transformer: RMSNorm, LayerNorm, SwiGLU MLP and the token embedding.
 
 Parameters carry logical axis names (``lcm.parallel.sharding``); reductions that decide numerics
-(the RMS statistic) run in float32 whatever the compute dtype.
+(the mean and RMS/variance statistics) run in float32 whatever the compute dtype.
 """
 
 from __future__ import annotations
@@ -38,6 +38,35 @@ class RMSNorm(nn.Module):
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+    """Layer normalization (Ba et al. 2016, arXiv:1607.06450) with a learned scale and no bias,
+    as in Cohere's models: ``(x - mean) / sqrt(var + eps) * scale``.
+    """
+
+    axis_name: str = "embed"
+    eps: float = 1e-5
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param(
+            "scale",
+            sharding.param(nn.initializers.ones, (self.axis_name,)),
+            (x.shape[-1],),
+            self.param_dtype,
+        )
+        x32 = x.astype(jnp.float32)
+        centered = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+        variance = jnp.mean(centered * centered, axis=-1, keepdims=True)
+        y = centered * jax.lax.rsqrt(variance + self.eps)
+        return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+# config.model.norm -> the residual-stream norm (lcm.config.NORMS lists the same names).
+NORMS = {"rms": RMSNorm, "layernorm": LayerNorm}
 
 
 class MLP(nn.Module):

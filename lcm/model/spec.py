@@ -34,8 +34,11 @@ class ModelSpec:
     tie_embeddings: bool
     qk_norm: bool
     qkv_bias: bool
+    norm: str  # residual-stream norm: a lcm.model.layers.NORMS name
     norm_eps: float
+    parallel_block: bool  # x + attn(norm(x)) + mlp(norm(x)) (Cohere)
     scale_tied_logits: bool
+    logit_scale: float  # multiplies the output logits
     scan_layers: bool
     remat_policy: str
     dtype: Any
@@ -128,8 +131,11 @@ def build_spec(config, *, attention_impl: str | None = None) -> ModelSpec:
         tie_embeddings=m.tie_embeddings,
         qk_norm=m.qk_norm,
         qkv_bias=m.qkv_bias,
+        norm=m.norm,
         norm_eps=m.norm_eps,
+        parallel_block=m.parallel_block,
         scale_tied_logits=m.scale_tied_logits,
+        logit_scale=float(m.logit_scale),
         scan_layers=m.scan_layers,
         remat_policy=m.remat_policy,
         dtype=DTYPES[m.dtype],

@@ -5,7 +5,9 @@ N query heads, K key/value heads, G = N/K, H head dim, F MLP width, V vocab, L l
 Activations are ``x [B,T,D]``, ``q [B,T,N,H]``, ``k, v [B,S,K,H]``; positions and segment ids
 ``[B,T] int32`` always travel explicitly (packing, ring shards and decoding need real positions).
 
-A block is pre-norm: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``. Which positional scheme and
+A block is pre-norm: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``, or with
+``parallel_block`` (GPT-J, Cohere) ``x + attn(norm(x)) + mlp(norm(x))`` from one norm; the norm
+is RMSNorm or bias-free LayerNorm (``config.model.norm``). Which positional scheme and
 which mask each layer uses comes from ``lcm.positional.schedule``; layers are grouped by the
 schedule's period (1 for a uniform model, 4 for RNoPE-SWA's 3 RoPE-window + 1 NoPE-full) and
 ``nn.scan`` runs over the groups, so hybrid schedules still compile one group once.
@@ -115,7 +117,7 @@ ATTENTION_MODULES = {"nsa": NSAAttention}
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block."""
+    """Pre-norm transformer block (sequential, or parallel with one shared norm)."""
 
     spec: ModelSpec
     layer: LayerSpec
@@ -124,11 +126,16 @@ class Block(nn.Module):
     def __call__(self, x, positions, segment_ids):
         s = self.spec
         norm = dict(dtype=s.dtype, param_dtype=s.param_dtype)
-        h = layers.RMSNorm(name="attn_norm", eps=s.norm_eps, **norm)(x)
+        make_norm = layers.NORMS[s.norm]
+        h = make_norm(name="attn_norm", eps=s.norm_eps, **norm)(x)
         attention = ATTENTION_MODULES.get(s.attention_impl, Attention)
-        x = x + attention(s, self.layer, name="attn")(h, positions, segment_ids)
-        h = layers.RMSNorm(name="mlp_norm", eps=s.norm_eps, **norm)(x)
-        x = x + layers.MLP(s.mlp_dim, name="mlp", **norm)(h)
+        attn_out = attention(s, self.layer, name="attn")(h, positions, segment_ids)
+        if s.parallel_block:  # attention and MLP both read the one normed input
+            x = x + attn_out + layers.MLP(s.mlp_dim, name="mlp", **norm)(h)
+        else:
+            x = x + attn_out
+            h = make_norm(name="mlp_norm", eps=s.norm_eps, **norm)(x)
+            x = x + layers.MLP(s.mlp_dim, name="mlp", **norm)(h)
         return sharding.constrain(x, ("batch", "length", "embed"))
 
 
@@ -183,7 +190,7 @@ class Transformer(nn.Module):
                 for r in range(repeats):
                     x, _ = group(spec, name=f"{name}_{r}")(x, positions, segment_ids)
 
-        x = layers.RMSNorm(
+        x = layers.NORMS[s.norm](
             name="final_norm", eps=s.norm_eps, dtype=s.dtype, param_dtype=s.param_dtype
         )(x)
         if s.tie_embeddings:
@@ -199,4 +206,6 @@ class Transformer(nn.Module):
                 s.param_dtype,
             )
             logits = jnp.einsum("BTD,DV->BTV", x.astype(jnp.float32), w.astype(jnp.float32))
+        if s.logit_scale != 1.0:  # Cohere's fixed output temperature
+            logits = logits * jnp.float32(s.logit_scale)
         return sharding.constrain(logits, ("batch", "length", "vocab"))

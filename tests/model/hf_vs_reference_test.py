@@ -3,7 +3,8 @@
 Tiny random models of every supported family are built with transformers (CPU torch, float32),
 saved with ``save_pretrained`` and loaded by ``lcm.model.hf.load``; logits on the same tokens
 must agree to 1e-4 relative, including every ``rope_scaling`` type at lengths past
-``original_max_position_embeddings``. ``save`` -> ``from_pretrained`` must give the same logits.
+``original_max_position_embeddings`` and past every sliding window (Cohere2's RoPE-SWA / NoPE
+layers too). ``save`` -> ``from_pretrained`` must give the same logits.
 """
 
 import json
@@ -80,6 +81,23 @@ CASES = {
             rope_parameters=_rope("longrope", partial_rotary_factor=0.5, **_LONG),
         ),
     ),
+    # 3 RoPE sliding-window layers : 1 NoPE global (transformers' default pattern): rnope_swa.
+    "cohere2": (
+        "Cohere2",
+        dict(num_hidden_layers=4, sliding_window=5, logit_scale=0.5, rope_parameters=_rope()),
+    ),
+    # An irregular pattern (explicit schedule), untied output, YaRN past its original length.
+    "cohere2_yarn_untied": (
+        "Cohere2",
+        dict(
+            num_hidden_layers=3,
+            layer_types=["full_attention", "sliding_attention", "full_attention"],
+            sliding_window=7,
+            tie_word_embeddings=False,
+            max_position_embeddings=64,
+            rope_parameters=_rope("yarn", factor=4.0, original_max_position_embeddings=16),
+        ),
+    ),
 }
 
 
@@ -133,7 +151,10 @@ def test_load_matches_transformers_logits(case, tmp_path):
     _assert_close(_lcm_logits(config, params, short), _hf_logits(model, short))
 
 
-@pytest.mark.parametrize("case", ["llama_yarn", "mistral_swa", "qwen2_mixed_swa", "phi3_longrope"])
+@pytest.mark.parametrize(
+    "case", ["llama_yarn", "mistral_swa", "qwen2_mixed_swa", "phi3_longrope", "cohere2",
+             "cohere2_yarn_untied"]
+)  # fmt: skip
 def test_save_round_trip_through_transformers(case, tmp_path):
     model = _hf_model(case)
     model.save_pretrained(tmp_path / "hf")
@@ -152,9 +173,10 @@ def test_save_round_trip_through_transformers(case, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, params2, params)
 
 
-@pytest.mark.parametrize("case", ["llama", "qwen2_mixed_swa", "phi3_longrope"])
+@pytest.mark.parametrize("case", ["llama", "qwen2_mixed_swa", "phi3_longrope", "cohere2"])
 def test_gradients_match_transformers(case, tmp_path):
-    """Cross-entropy gradients w.r.t. the first layer's q/k/v weights (and Qwen2 biases)."""
+    """Cross-entropy gradients w.r.t. the first layer's q/k/v weights and input norm scale
+    (and Qwen2 biases)."""
     model = _hf_model(case)
     model.save_pretrained(tmp_path)
     config, params = hf.load(tmp_path)
@@ -185,6 +207,8 @@ def test_gradients_match_transformers(case, tmp_path):
         _assert_close(ours, theirs.T.reshape(d, heads, h))
     if case.startswith("qwen2"):
         _assert_close(attn["bk"], layer.k_proj.bias.grad.numpy().reshape(k, h))
+    norm_grad = np.asarray(grads["layers"]["block0"]["attn_norm"]["scale"][0])
+    _assert_close(norm_grad, model.model.layers[0].input_layernorm.weight.grad.numpy())
 
 
 def test_sharded_checkpoint_and_unscanned_layers(tmp_path):
@@ -235,7 +259,7 @@ def _write_config(path, **fields):
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"model_type": "cohere2"}, "model_type 'cohere2' is not supported: Cohere2 needs"),
+        ({"model_type": "cohere"}, "model_type 'cohere' is not supported: Cohere (v1)"),
         ({"model_type": "gpt2"}, "model_type 'gpt2' is not supported; allowed: llama, mistral"),
         (
             {"quantization_config": {}, "foo": 1},
@@ -247,6 +271,17 @@ def _write_config(path, **fields):
         ({"rope_scaling": {"rope_type": "linear", "factor": 2, "beta": 1}}, "keys ['beta']"),
         ({"partial_rotary_factor": 0.5}, "partial_rotary_factor 0.5 (only phi3"),
         ({"model_type": "mistral", "layer_types": ["x", "y"]}, "layer_types ['x', 'y']"),
+        ({"model_type": "cohere2", "attention_bias": True}, "attention_bias = True"),
+        ({"model_type": "cohere2", "rotary_pct": 0.5}, "rotary_pct 0.5 (transformers' Cohere2"),
+        (
+            {"model_type": "cohere2", "position_embedding_type": "rope"},
+            "position_embedding_type 'rope' (transformers' Cohere2 assumes 'rope_gptj')",
+        ),
+        ({"model_type": "cohere2", "use_qk_norm": True}, "use_qk_norm True"),
+        ({"model_type": "cohere2", "use_parallel_block": False}, "use_parallel_block False"),
+        ({"model_type": "cohere2", "use_embedding_sharing": False}, "use_embedding_sharing"),
+        ({"model_type": "cohere2", "head_dim": 4}, "head_dim 4 (Cohere2 uses hidden_size"),
+        ({"model_type": "cohere2", "rms_norm_eps": 1e-6}, "keys lcm does not read: ['rms_norm_"),
     ],
 )
 def test_unsupported_configs_are_refused(fields, message, tmp_path):
@@ -282,6 +317,11 @@ def test_missing_and_unused_tensors_are_refused(tmp_path):
         ({"qk_norm": True}, "qk_norm"),
         ({"positional__name": "alibi"}, "every layer must use positional 'rope'"),
         ({"positional__rope_scaling__rope_type": "resonance"}, "rope_type 'resonance' has no"),
+        ({"logit_scale": 0.5}, "Cohere2 needs norm 'layernorm' and parallel_block True"),
+        (
+            {"norm": "layernorm", "parallel_block": True, "positional__layout": "interleaved"},
+            "Cohere2 layers are rope:sliding_window",  # base: RoPE on a causal layer
+        ),
     ],
 )
 def test_save_refuses_what_no_family_has(model_overrides, message, tmp_path):
@@ -365,3 +405,63 @@ def test_bfloat16_checkpoint_loads_as_float32(tmp_path):
         tmp_path, dtype=torch.float32, attn_implementation="eager"
     ).eval()
     _assert_close(_lcm_logits(config, params, tokens), _hf_logits(reference, tokens))
+
+
+def test_cohere2_legacy_config_matches_transformers(tmp_path):
+    """An original-release style config.json: legacy keys with transformers' hard-coded values,
+    the pattern from sliding_window_pattern (every 2nd layer global here), and the Cohere2
+    defaults (tied embeddings, logit_scale 0.0625, eps 1e-5) where keys are absent."""
+    _hf_model("cohere2").save_pretrained(tmp_path)
+    file = tmp_path / "config.json"
+    hf_config = json.loads(file.read_text())
+    for key in ("layer_types", "tie_word_embeddings", "logit_scale", "layer_norm_eps"):
+        del hf_config[key]
+    hf_config.update(
+        sliding_window_pattern=2, order_of_interleaved_layers="local_attn_first",
+        position_embedding_type="rope_gptj", rotary_pct=1.0, use_gated_activation=True,
+        use_parallel_block=True, use_qk_norm=False, use_embedding_sharing=True,
+        use_parallel_embedding=True, layer_switch=2, cache_implementation="hybrid",
+    )  # fmt: skip
+    file.write_text(json.dumps(hf_config))
+    config, params = hf.load(tmp_path)
+    m, p = config.model, config.model.positional
+    assert (p.schedule, p.nope_every, p.swa_window, p.layout) == ("rnope_swa", 2, 4, "interleaved")
+    assert (m.tie_embeddings, m.logit_scale, m.norm_eps) == (True, 0.0625, 1e-5)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, attn_implementation="eager"
+    ).eval()
+    assert reference.config.layer_types == ["sliding_attention", "full_attention"] * 2
+    tokens = _tokens()
+    _assert_close(_lcm_logits(config, params, tokens), _hf_logits(reference, tokens))
+
+
+@pytest.mark.parametrize("impl", ["reference", "blockwise"])
+def test_cohere2_attention_impls_match_transformers(impl, tmp_path):
+    """Sliding-window RoPE + global NoPE layers with GQA through the other attention
+    implementations (``xla`` is above; blockwise with tiles smaller than the sequence, so tiles
+    outside the window are skipped). ``pallas`` serves only causal/full masks (by design)."""
+    model = _hf_model("cohere2")
+    model.save_pretrained(tmp_path)
+    config, params = hf.load(tmp_path)
+    config.model.attention.block_q = config.model.attention.block_kv = 8
+    tokens = _tokens()
+    spec = model_lib.build_spec(config, attention_impl=impl)
+    positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), tokens.shape)
+    logits = model_lib.Transformer(spec).apply({"params": params}, jnp.asarray(tokens), positions)
+    _assert_close(np.asarray(logits), _hf_logits(model, tokens))
+
+
+def test_with_checkpoint_cohere2_takes_block_options(tmp_path):
+    _hf_model("cohere2").save_pretrained(tmp_path)
+    config = config_lib.base_config()
+    config.model.hf_path = str(tmp_path)
+    config.model.positional.swa_window = 2  # set: kept (a shorter window on the RoPE layers)
+    merged, _ = hf.with_checkpoint(config)
+    m = merged.model
+    assert (m.norm, m.parallel_block, m.logit_scale) == ("layernorm", True, 0.5)
+    assert (m.positional.schedule, m.positional.layout, m.positional.swa_window) == (
+        "rnope_swa", "interleaved", 2
+    )  # fmt: skip
+    config.model.logit_scale = 2.0
+    with pytest.raises(ValueError, match=r"config.model.logit_scale = 2.0 \(checkpoint: 0.5\)"):
+        hf.with_checkpoint(config)

@@ -10,6 +10,7 @@ import pytest
 
 from lcm import config as config_lib
 from lcm import model as model_lib
+from lcm.model import layers
 
 
 def _config(**model):
@@ -63,8 +64,17 @@ def test_packed_documents_never_attend_across_boundaries():
         {"positional__name": "alibi"},
         {"positional__schedule": "rnope_swa", "positional__swa_window": 8, "num_layers": 4},
         {"qk_norm": True, "tie_embeddings": False, "scan_layers": False},
+        {
+            "norm": "layernorm",
+            "parallel_block": True,
+            "logit_scale": 0.25,
+            "positional__layout": "interleaved",
+            "positional__schedule": "rnope_swa",
+            "positional__swa_window": 8,
+            "num_layers": 4,
+        },
     ],
-    ids=["rope", "alibi", "rnope_swa", "qknorm_untied_unrolled"],
+    ids=["rope", "alibi", "rnope_swa", "qknorm_untied_unrolled", "cohere2_block"],
 )
 def test_blockwise_matches_reference_logits_and_grads(overrides):
     config = _config(**overrides)
@@ -79,6 +89,31 @@ def test_blockwise_matches_reference_logits_and_grads(overrides):
     np.testing.assert_allclose(value, want_value, rtol=1e-5)
     for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_layernorm_matches_closed_form_and_norms_match_config():
+    """Bias-free LayerNorm against numpy in float64; lcm.config.NORMS names the same norms."""
+    x = np.random.default_rng(0).normal(size=(2, 3, 16)) * 3.0 + 1.5
+    scale = np.random.default_rng(1).normal(size=16)
+    y = layers.LayerNorm(eps=1e-5).apply({"params": {"scale": scale}}, jnp.asarray(x))
+    centered = x - x.mean(-1, keepdims=True)
+    want = centered / np.sqrt((centered**2).mean(-1, keepdims=True) + 1e-5) * scale
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+    assert tuple(layers.NORMS) == config_lib.NORMS
+
+
+def test_parallel_block_and_logit_scale_params_and_logits():
+    """A parallel block has one norm per layer; logit_scale multiplies the logits exactly."""
+    config = _config(parallel_block=True)
+    model, params, tokens, positions = _init(config)
+    assert set(params["layers"]["block0"]) == {"attn_norm", "attn", "mlp"}
+    config.model.logit_scale = 0.25
+    scaled = model_lib.Transformer(model_lib.build_spec(config))
+    np.testing.assert_allclose(
+        scaled.apply({"params": params}, tokens, positions),
+        0.25 * model.apply({"params": params}, tokens, positions),
+        rtol=1e-6,
+    )
 
 
 def test_rnope_swa_groups_layers_by_period():

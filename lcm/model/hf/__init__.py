@@ -1,8 +1,7 @@
 """Hugging Face checkpoints <-> lcm: ``load``, ``save`` and the checkpoint's tokenizer.
 
-Supported families (``config.json`` ``model_type``), all pre-norm RMSNorm + SwiGLU decoders
-with Hugging Face's ``rotate_half`` RoPE, i.e. lcm's ``layout = "half"`` (the weights are kept
-as stored; no q/k channel permutation is needed or done):
+Supported families (``config.json`` ``model_type``). The first four are pre-norm RMSNorm + SwiGLU
+decoders with Hugging Face's ``rotate_half`` RoPE, i.e. lcm's ``layout = "half"``:
 
 - ``llama`` (Touvron et al. 2023): GQA, ``rope_scaling`` of any Hugging Face type.
 - ``mistral`` (Jiang et al. 2023, arXiv:2310.06825): plus a uniform ``sliding_window``.
@@ -10,12 +9,19 @@ as stored; no q/k channel permutation is needed or done):
   ``layer_types`` (``sliding_attention`` / ``full_attention``).
 - ``phi3`` (Abdin et al. 2024, arXiv:2404.14219): fused ``qkv_proj`` / ``gate_up_proj``,
   ``partial_rotary_factor`` and LongRoPE (Ding et al. 2024, arXiv:2402.13753).
+- ``cohere2`` (Command R7B / Command A; RNoPE-style, Yang et al. 2025, arXiv:2501.18795):
+  bias-free LayerNorm (``norm = "layernorm"``), one norm feeding attention and the SwiGLU MLP
+  in parallel (``parallel_block``), ``logit_scale`` on the logits, tied embeddings by default,
+  and interleaved (GPT-J) RoPE (``layout = "interleaved"``) on ``sliding_attention`` layers
+  only; ``full_attention`` layers are NoPE with a causal mask (the ``rnope_swa`` schedule when
+  the pattern is regular, else ``explicit``).
 
-Cohere2 is refused: it needs LayerNorm, a parallel attention+MLP block, a logit scale and
-interleaved RoPE, which lcm's model does not have. Any other architecture, any config key lcm
-does not read, or a value lcm cannot reproduce (``attention_bias`` on Llama, a non-SiLU MLP,
-per-layer ``rope_parameters``, ...) raises ``ValueError`` naming every problem: a loaded model
-is the checkpoint's model or nothing.
+The q/k weights are kept as stored (no channel permutation): the layout names the pairing.
+Cohere (v1) is refused. Any other architecture, any config key lcm does not read, or a value
+lcm cannot reproduce (``attention_bias`` on Llama or Cohere2, a non-SiLU MLP, per-layer
+``rope_parameters``, a legacy Cohere2 key such as ``rotary_pct`` with a value transformers
+does not implement, ...) raises ``ValueError`` naming every problem: a loaded model is the
+checkpoint's model or nothing.
 
 Mapping notes: Hugging Face's ``sliding_window = W`` lets a query see ``W`` keys including
 itself, lcm's ``window`` is the largest visible distance, so ``window = W - 1``. lcm has no

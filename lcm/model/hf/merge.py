@@ -10,7 +10,7 @@ from lcm.model.hf.weights import load
 # Fields a checkpoint's weights fix: a config that sets them differently cannot use the weights.
 _ARCHITECTURE = (
     "vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
-    "tie_embeddings", "qkv_bias", "qk_norm",
+    "tie_embeddings", "qkv_bias", "qk_norm", "norm", "parallel_block", "logit_scale",
 )  # fmt: skip
 
 

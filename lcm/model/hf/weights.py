@@ -2,8 +2,10 @@
 
 Hugging Face ``nn.Linear`` weights are ``[out, in]``; lcm keeps ``[in, ...]`` with heads split
 (``wq [D,N,H]``, ``wo [N,H,D]``). Phi-3 fuses ``qkv_proj`` (q, k, v rows in that order) and
-``gate_up_proj`` (gate rows first). Layers are stacked into lcm's scanned groups (or
-``layers_{r}`` without scan) by the schedule's period.
+``gate_up_proj`` (gate rows first). Cohere2's parallel block has one norm
+(``input_layernorm`` -> ``attn_norm``) and no ``post_attention_layernorm``; its LayerNorms have
+a weight and no bias. Layers are stacked into lcm's scanned groups (or ``layers_{r}`` without
+scan) by the schedule's period.
 """
 
 from __future__ import annotations
@@ -61,16 +63,18 @@ def _layer_to_lcm(t: dict, pre: str, m, fused: bool) -> dict:
     if m.qkv_bias:
         for x, heads in (("q", n), ("k", k), ("v", k)):
             attn[f"b{x}"] = t.pop(f"{pre}self_attn.{x}_proj.bias").reshape(heads, h)
-    return {
+    block = {
         "attn_norm": {"scale": t.pop(pre + "input_layernorm.weight")},
         "attn": attn,
-        "mlp_norm": {"scale": t.pop(pre + "post_attention_layernorm.weight")},
         "mlp": {
             "wi_gate": gate.T,
             "wi_up": up.T,
             "wo": t.pop(pre + "mlp.down_proj.weight").T,
         },
     }
+    if not m.parallel_block:
+        block["mlp_norm"] = {"scale": t.pop(pre + "post_attention_layernorm.weight")}
+    return block
 
 
 def _period(config) -> int:
@@ -193,7 +197,8 @@ def save(params: dict, config, path: str | pathlib.Path, *, model_type: str | No
         t[pre + "self_attn.o_proj.weight"] = f32(np.asarray(a["wo"]).reshape(n * h, d).T)
         t[pre + "mlp.down_proj.weight"] = f32(np.asarray(mlp["wo"]).T)
         t[pre + "input_layernorm.weight"] = f32(block["attn_norm"]["scale"])
-        t[pre + "post_attention_layernorm.weight"] = f32(block["mlp_norm"]["scale"])
+        if not m.parallel_block:
+            t[pre + "post_attention_layernorm.weight"] = f32(block["mlp_norm"]["scale"])
     path = pathlib.Path(path)
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
