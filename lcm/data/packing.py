@@ -77,7 +77,7 @@ class _ReadPiece:
         return {"inputs": piece[:-1], "targets": piece[1:]}
 
 
-class _Finalize:
+class Finalize:
     """grain map: packer output -> the five int32 features, padded to ``rows`` rows."""
 
     def __init__(self, *, rows: int, length: int, document_masking: bool):
@@ -106,7 +106,7 @@ class _Finalize:
 def empty_batch(rows: int, length: int, document_masking: bool) -> dict[str, np.ndarray]:
     """A batch of ``rows`` padding rows (``loss_mask`` all 0), laid out like real batches."""
     raw = ("inputs", "targets", "inputs_segment_ids", "inputs_positions")
-    finalize = _Finalize(rows=rows, length=length, document_masking=document_masking)
+    finalize = Finalize(rows=rows, length=length, document_masking=document_masking)
     return finalize({k: np.zeros((0, length), np.int32) for k in raw})
 
 
@@ -167,4 +167,4 @@ def batches(
             ds, length_struct=lengths, num_packing_bins=packing_bins, seed=seed, shuffle_bins=train
         )
     ds = ds.batch(rows, drop_remainder=train)
-    return ds.map(_Finalize(rows=rows, length=length, document_masking=document_masking))
+    return ds.map(Finalize(rows=rows, length=length, document_masking=document_masking))
