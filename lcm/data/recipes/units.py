@@ -5,7 +5,7 @@ concatenated in order (a document, a repository's files in path order, a SPLiCe 
 stream (``packed_rows``): unit ids shuffled per epoch (``MapDataset.shuffle(seed).repeat()``,
 this host's ``ids[host::hosts]``), each unit read whole, cut into pieces for the first/best-fit
 packers (as ``lcm.data.packing.split_pieces`` does for documents: ``length + 1`` tokens, one
-shared) or passed whole to ``ConcatThenSplitIterDataset`` (``packing = concat``, so a unit stays
+shared) or passed whole to ``packing.ConcatThenSplit`` (``packing = concat``, so a unit stays
 contiguous across rows). ``finish`` mixes bucket streams row by row, batches and finalizes.
 """
 
@@ -103,10 +103,11 @@ class _UnitPieces:
             first = self._plan[after][0][0]
             parts.append(self._corpus.read(first, first + 1))
         tokens = np.concatenate(parts)
-        step = self._length if self._split else max(len(tokens) - 1, 1)
+        n = len(tokens)
+        step = self._length if self._split else max(n - 1, 1)
         return [
-            {"inputs": tokens[s : s + step], "targets": tokens[s + 1 : s + step + 1]}
-            for s in range(0, len(tokens) - 1, step)
+            {"inputs": tokens[s : min(s + step, n - 1)], "targets": tokens[s + 1 : s + step + 1]}
+            for s in range(0, n - 1, step)
         ]
 
 
@@ -159,7 +160,7 @@ def packed_rows(
     )
     lengths = {"inputs": length, "targets": length}
     if packing == "concat":
-        return grain.experimental.ConcatThenSplitIterDataset(ds, length_struct=lengths)
+        return packing_lib.ConcatThenSplit(ds, length_struct=lengths)
     packer = {
         "first_fit": grain.experimental.FirstFitPackIterDataset,
         "best_fit": grain.experimental.BestFitPackIterDataset,

@@ -110,8 +110,14 @@ def plan_rows(
             queue[pos] = (start + take, left - take)
             if left == take:
                 pos += 1
-        if not fragments:  # cannot happen while budget >= 3 (one chunk and its two markers)
-            raise ValueError(f"row length {length} leaves no room for one UtK chunk")
+        if not fragments:
+            need = _overhead(
+                1, [encode(_random_id(rng))] if options.sort_task else [], options.sort_task
+            )
+            raise ValueError(
+                f"config.seq_len = {length}: too short for data.recipe = 'untie_knots' (a chunk "
+                f"needs {need} marker tokens and one of text)"
+            )
         rows.append(_arrange(fragments, options, specials, rng))
     return rows
 
