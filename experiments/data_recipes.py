@@ -58,11 +58,17 @@ RECIPES = {
     "untie_knots": {"recipe": "untie_knots"},
     "decomposition": {"recipe": "decomposition"},
 }
+# The toy setting trains on a few small packages (seconds of data planning, not minutes).
+TOY_CORPUS = "data_recipes_toy"
+TOY_PACKAGES = (
+    "contextvars", "struct", "decimal", "tty", "this", "keyword", "secrets", "token", "sqlite3",
+    "dbm", "json", "collections",
+)  # fmt: skip
 SETTINGS = {
     # seq_len, batch, steps, d_model, layers, heads, mlp, eval documents, samples per cell
     "toy": dict(seq_len=64, batch=4, steps=3, d_model=32, layers=1, heads=2, mlp=64, docs=2, n=1),
     "default": dict(
-        seq_len=256, batch=8, steps=120, d_model=64, layers=2, heads=4, mlp=192, docs=8, n=2
+        seq_len=256, batch=8, steps=200, d_model=64, layers=2, heads=4, mlp=192, docs=8, n=2
     ),
     "full": dict(
         seq_len=256, batch=16, steps=600, d_model=128, layers=4, heads=4, mlp=384, docs=16, n=4
@@ -83,10 +89,12 @@ def make_config(name: str, setting: dict, cache_dir: str | None):
     m.head_dim, m.mlp_dim = s["d_model"] // s["heads"], s["mlp"]
     m.attention.impl = "xla"
     d = config.data
-    d.corpus = "stdlib_files"
+    toy = s is SETTINGS["toy"]
+    d.corpus = TOY_CORPUS if toy else "stdlib_files"
     d.cache_dir = cache_dir
     d.batch_size = s["batch"]
-    d.length_mix = ((0, 0.4), (4 * s["seq_len"], 0.6))
+    d.eval_fraction = 0.25 if toy else 0.1
+    d.length_mix = ((0, 0.4), (1024 if toy else 4 * s["seq_len"], 0.6))
     d.decomposition_min = 32 if s["seq_len"] >= 64 else 16
     for key, value in RECIPES[name].items():
         d[key] = value
@@ -107,6 +115,15 @@ def make_config(name: str, setting: dict, cache_dir: str | None):
     e.num_documents = s["docs"]
     e.label = name
     return config_lib.validate(config)
+
+
+def register_toy_corpus() -> None:
+    from lcm.data import CORPORA, corpora
+
+    if TOY_CORPUS not in CORPORA:
+        CORPORA.register(TOY_CORPUS)(
+            lambda data: corpora.stdlib_files_corpus(packages=TOY_PACKAGES)
+        )
 
 
 def run_recipe(name: str, setting: dict, workdir: pathlib.Path, cache_dir, log) -> dict:
@@ -157,6 +174,7 @@ def _git(*args: str) -> str:
 
 def plot(rows: list[dict], lengths, path: pathlib.Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -167,6 +185,7 @@ def plot(rows: list[dict], lengths, path: pathlib.Path) -> None:
     axes[0].set(xscale="log", yscale="log", xlabel="evaluation length (bytes)")
     axes[0].set(ylabel="perplexity (truncate)", title="held-out perplexity vs length")
     axes[0].set_xticks(lengths, [str(n) for n in lengths])
+    axes[0].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0].axvline(lengths[0], color="grey", lw=0.5)
     axes[0].legend(fontsize=8)
     width = 0.8 / len(rows)
@@ -177,12 +196,15 @@ def plot(rows: list[dict], lengths, path: pathlib.Path) -> None:
             ax.bar(xs, [r["scores"][task][n] or 0 for n in lengths], width, label=r["recipe"])
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(lengths))], [str(n) for n in lengths])
         ax.set(ylim=(0, 100), xlabel="length (bytes)", ylabel="exact match (%)", title=task)
+        if not any(r["scores"][task][n] for r in rows for n in lengths):
+            ax.text(0.5, 0.5, "every recipe scored 0", transform=ax.transAxes, ha="center")
+    axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def write_report(rows, setting_name, setting, command, path: pathlib.Path, total_s) -> None:
+def write_report(rows, setting_name, setting, command, commit, path: pathlib.Path, total_s) -> None:
     lengths = sorted(rows[0]["perplexity"])
     cores = os.cpu_count()
     lines = [
@@ -231,8 +253,7 @@ def write_report(rows, setting_name, setting, command, path: pathlib.Path, total
         "![perplexity and retrieval per recipe](data_recipes.png)",
         "",
         f"- command: `{command}`",
-        f"- commit: `{_git('rev-parse', 'HEAD')}`"
-        + (" (dirty tree)" if _git("status", "--porcelain") else ""),
+        f"- commit: `{commit}`",
         f"- machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
         f"{cores} cores, Python {platform.python_version()}; shared, so wall times depend on load",
         f"- total wall time: {total_s:.0f} s",
@@ -255,12 +276,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     name = "full" if args.full else "toy" if args.toy else "default"
     setting = SETTINGS[name]
+    register_toy_corpus()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="data_recipes_"))
     command = "python experiments/data_recipes.py" + (
         f" {' '.join(argv if argv is not None else sys.argv[1:])}"
     )
+    dirty = _git("status", "--porcelain", "--", ".", ":!experiments/results")
+    commit = _git("rev-parse", "HEAD") + (" (uncommitted changes)" if dirty else "")
     start = time.perf_counter()
     rows = []
     for recipe in args.recipes:
@@ -270,7 +294,7 @@ def main(argv=None) -> int:
     total = time.perf_counter() - start
     (out / "data_recipes.json").write_text(json.dumps(rows, indent=1) + "\n")
     plot(rows, sorted(rows[0]["perplexity"]), out / "data_recipes.png")
-    write_report(rows, name, setting, command.strip(), out / "data_recipes.md", total)
+    write_report(rows, name, setting, command.strip(), commit, out / "data_recipes.md", total)
     print(f"wrote {out / 'data_recipes.md'} and {out / 'data_recipes.png'} in {total:.0f} s")
     return 0
 
