@@ -215,9 +215,13 @@ def write_report(rows, setting_name, setting, command, commit, path: pathlib.Pat
         f"{setting['seq_len']} = {setting['steps'] * setting['batch'] * setting['seq_len']:,} "
         "tokens per recipe on `stdlib_files` (held-out packages for evaluation). Perplexity: "
         "`truncate` protocol on the first held-out files longer than 4x the training length; "
-        "passkey / niah_single_1: exact match (%) over depths 0, 0.5, 1. `held-out loss` is the "
-        "training loop's loss on plain packed held-out batches (nats/byte, the same batches for "
-        "every recipe).",
+        "passkey / niah_single_1: exact match (%) over depths 0, 0.5, 1 ('-': the prompt does "
+        "not fit). `train loss`: the last step's (a recipe's own rows, not comparable across "
+        "recipes). `held-out loss`: the training loop's loss (nats/byte) on held-out batches "
+        "built by the plain pipeline with the run's own `packing` / `document_masking`, so it "
+        "is comparable only within {chunk, structured} (concat, no masking), {packed, "
+        "concat_by_repo} (best_fit, masked) and {untie_knots, decomposition} (first_fit, "
+        "masked); the perplexity columns compare every recipe on the same held-out files.",
         "",
         "| recipe | train loss | held-out loss | "
         + " | ".join(f"ppl@{n}" for n in lengths)

@@ -30,8 +30,9 @@ Options shared by the unit recipes (``documents``, ``concat_by_repo``, ``structu
 document's first token) a unit's first token is never a target. With ``False`` (requires
 ``packing = concat``) each unit is followed by the next unit's first token as its last target:
 plain concat-and-chunk, every token of the stream predicted from the one before it. Units are
-shuffled per epoch and kept whole (contiguous) in the row stream. ``untie_knots`` rows are one
-segment each; ``decomposition`` sequences come from one document each (no packing, no mask).
+shuffled per epoch; ``packing = concat`` keeps each one contiguous across rows, the fit packers
+cut it into ``seq_len`` pieces. ``untie_knots`` rows are one segment each and ``decomposition``
+sequences come from one document each; both ignore ``packing`` and ``document_masking``.
 """
 
 from __future__ import annotations
