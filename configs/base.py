@@ -111,7 +111,9 @@ def get_config() -> ConfigDict:
     config.data = ConfigDict()
     config.data.seq_len = seq_len  # tokens per training example (same reference as above)
     config.data.batch_size = 8  # global batch size in sequences
-    config.data.corpus = "stdlib"  # registered corpus (lcm.data.CORPORA): stdlib | text | jsonl
+    # registered corpus (lcm.data.CORPORA): stdlib | stdlib_files (one document per file) | text
+    # | jsonl | synthetic_tasks
+    config.data.corpus = "stdlib"
     config.data.path = config_dict.placeholder(str)  # file or directory for text / jsonl
     config.data.text_field = "text"  # jsonl: the string field holding a document's text
     config.data.tokenizer = "byte"  # byte (256 ids) | SentencePiece *.model | HF *.json path
@@ -124,6 +126,19 @@ def get_config() -> ConfigDict:
     # Sequence-length curriculum: ((length, steps), ...) shortest first, before seq_len; constant
     # tokens per step (batch_size * seq_len / length rows). () = off.
     config.data.curriculum = ()
+    # Training-data recipe (lcm.data.recipes): documents | concat_by_repo (ProLong) | structured
+    # (SPLiCe) | untie_knots (UtK) | decomposition (Dataset Decomposition).
+    config.data.recipe = "documents"
+    config.data.mask_first_token = True  # a document's first token is never a target (ProLong)
+    # concat_by_repo: ((min_tokens, weight), ...) length buckets of repositories, increasing from
+    # 0; weight = share of packed rows drawn from the bucket.
+    config.data.length_mix = ((0, 0.4), (1024, 0.6))
+    config.data.structured_relation = "path"  # structured: path (same repo/dir) | bm25 (n-grams)
+    config.data.structured_top_k = 2  # structured: related documents added per popped document
+    config.data.utk_chunk_probs = (0.2, 0.4, 0.4)  # untie_knots: P(1, 2, 3 chunks) per document
+    config.data.utk_keep_order = True  # untie_knots: a document's chunks keep their order
+    config.data.utk_sort_task = False  # untie_knots: chunk ids + chunk-order recovery list
+    config.data.decomposition_min = 128  # decomposition: shortest bucket (power of two, tokens)
 
     # ---- training ------------------------------------------------------------------------
     config.train = ConfigDict()

@@ -28,6 +28,7 @@ from ml_collections import ConfigDict, FieldReference
 from lcm.attention import ATTENTION
 from lcm.attention import ring as ring_lib
 from lcm.attention import sparse as sparse_lib
+from lcm.data import recipes as recipes_lib
 from lcm.data import synthetic
 from lcm.data.corpora import CORPORA
 from lcm.data.packing import PACKINGS
@@ -426,6 +427,89 @@ def _check_data(c: _Checker) -> None:
     c.check(d + "split_seed", lambda v: v >= 0, "must be an integer >= 0")
     c.one_of(d + "packing", PACKINGS)
     _check_curriculum(c)
+    _check_recipe(c)
+
+
+def _is_power_of_two(v: Any) -> bool:
+    return _is_positive_int(v) and v & (v - 1) == 0
+
+
+def _check_recipe(c: _Checker) -> None:
+    d = "data."
+    if not c.one_of(d + "recipe", recipes_lib.RECIPES):
+        return
+    recipe = c.get(d + "recipe")
+    if not c.get(d + "mask_first_token"):
+        c.check(
+            d + "packing",
+            lambda v: v == "concat",
+            "must be 'concat' when data.mask_first_token = False (the next document must "
+            "follow in the row)",
+        )
+        c.check(
+            d + "recipe",
+            lambda v: v in ("documents", "concat_by_repo", "structured"),
+            "mask_first_token = False applies to: 'documents', 'concat_by_repo', 'structured'",
+        )
+    c.check(
+        d + "length_mix",
+        lambda v: (
+            len(v) > 0
+            and all(len(b) == 2 and isinstance(b[0], int) and _is_number(b[1]) for b in v)
+            and v[0][0] == 0
+            and all(a[0] < b[0] for a, b in itertools.pairwise(v))
+            and all(b[1] >= 0 for b in v)
+            and math.isclose(sum(b[1] for b in v), 1.0)
+        ),
+        "must be ((0, w0), (min_tokens, w1), ...) with increasing min_tokens, weights >= 0 "
+        "summing to 1",
+    )
+    c.one_of(d + "structured_relation", recipes_lib.STRUCTURED_RELATIONS)
+    c.positive_int(d + "structured_top_k")
+    c.check(
+        d + "utk_chunk_probs",
+        lambda v: (
+            len(v) > 0 and all(_is_number(p) and p >= 0 for p in v) and math.isclose(sum(v), 1.0)
+        ),
+        "must be probabilities of 1, 2, ... chunks: numbers >= 0 summing to 1",
+    )
+    tokenizer, vocab = c.get(d + "tokenizer"), c.get("model.vocab_size")
+    specials = len(recipes_lib.untie_knots.SPECIALS)
+    if recipe == "untie_knots" and tokenizer == "byte" and _is_positive_int(vocab):
+        c.check(
+            "model.vocab_size",
+            lambda v: v >= BYTE_VOCAB_SIZE + specials,
+            f"must be >= {BYTE_VOCAB_SIZE + specials} for data.recipe = 'untie_knots' "
+            f"(256 byte ids and {specials} markers)",
+        )
+    seq_len = c.get("seq_len")
+    c.check(d + "decomposition_min", _is_power_of_two, "must be a power of two")
+    if recipe != "decomposition" or not _is_positive_int(seq_len):
+        return
+    c.check("seq_len", _is_power_of_two, "must be a power of two for data.recipe = 'decomposition'")
+    c.check(
+        d + "decomposition_min",
+        lambda v: v <= seq_len,
+        f"must be <= seq_len = {seq_len}",
+    )
+    lowest = c.get(d + "decomposition_min")
+    stages = [s[0] for s in c.get(d + "curriculum")]
+    c.check(
+        d + "curriculum",
+        lambda v: all(_is_power_of_two(x) and x >= lowest for x in stages),
+        f"lengths must be powers of two >= data.decomposition_min = {lowest} for "
+        "data.recipe = 'decomposition'",
+    )
+    impl = c.get("model.attention.impl")
+    for key in ("block_q", "block_kv"):
+        block = c.get(f"model.attention.{key}")
+        if impl in TILED_IMPLS and _is_positive_int(block) and _is_positive_int(lowest):
+            c.check(
+                d + "decomposition_min",
+                lambda v, block=block: v % block == 0 or v >= seq_len,
+                f"must be a multiple of model.attention.{key} = {block} for "
+                f"model.attention.impl = {impl!r}",
+            )
 
 
 def _check_train_eval(c: _Checker) -> None:

@@ -207,7 +207,8 @@ def test_every_config_validates(path):
         ({"data__batch_size": 0}, "config.data.batch_size = 0: must be a positive integer"),
         (
             {"data__corpus": "web"},
-            "config.data.corpus = 'web': allowed: 'jsonl', 'stdlib', 'synthetic_tasks', 'text'",
+            "config.data.corpus = 'web': allowed: 'jsonl', 'stdlib', 'stdlib_files', "
+            "'synthetic_tasks', 'text'",
         ),
         (
             {"data__corpus": "jsonl", "data__path": "x.jsonl", "data__text_field": ""},

@@ -22,8 +22,10 @@ curriculum (``config.data.curriculum``) early batches have shape
 ``[batch_size * seq_len // length // process_count, length]``.
 
 Modules: ``tokenizers`` (byte default, SentencePiece / Hugging Face files), ``corpora`` (stdlib,
-text, jsonl; the ``CORPORA`` registry; the held-out split), ``cache`` (tensorstore zarr token
-cache), ``packing`` (pieces, per-host shard, grain packers), ``pipeline`` (the entry points).
+stdlib_files, text, jsonl; the ``CORPORA`` registry; the held-out split), ``cache`` (tensorstore
+zarr token cache), ``packing`` (pieces, per-host shard, grain packers), ``recipes`` (training-data
+recipes selected by ``config.data.recipe``: concat-by-repository, structured packing, Untie the
+Knots, dataset decomposition), ``pipeline`` (the entry points).
 """
 
 from lcm.data import synthetic  # registers the synthetic_tasks corpus

@@ -22,6 +22,10 @@ Built in:
   nearly the same on every install); ``site-packages``/``dist-packages`` (not stdlib). The
   manifest records the Python version, file/document counts, bytes and a SHA-256 over every
   (path, file hash) pair; the corpus still differs between Python versions and distros.
+- ``stdlib_files``: the same files, one document per file named by its path
+  (``asyncio/events.py``; the same ``# FILE:`` header line), for recipes that need file-level
+  structure (``lcm.data.recipes``: concat-by-repository, structured packing). Its manifest sets
+  ``"split_by": "repository"``, so the held-out split still holds out whole packages.
 - ``text``: ``config.data.path``, a file or a directory (every non-hidden file below it, sorted);
   one document per file, named by its path relative to ``path``'s parent.
 - ``jsonl``: the same paths, one JSON object per line; the document text is the string field
@@ -30,7 +34,8 @@ Built in:
   ``file:line`` references) and reported with a warning; blank lines are ignored.
 
 The held-out split (``split_by_name``) is by document name, so for ``stdlib`` whole packages are
-held out (random files would leak shared identifiers between the splits).
+held out (random files would leak shared identifiers between the splits); with ``groups`` (the
+``repository`` of each name) it holds out whole repositories of a file-level corpus.
 """
 
 from __future__ import annotations
@@ -106,6 +111,44 @@ def _python_files(root: pathlib.Path) -> list[pathlib.PurePosixPath]:
     return sorted(found, key=str)
 
 
+def _stdlib_files(
+    root: str | pathlib.Path | None, packages: Sequence[str] | None
+) -> tuple[pathlib.Path, dict[str, list[tuple[str, bytes]]]]:
+    """``(root, {package or module name: [(relative path, content), ...] in path order})``."""
+    root = pathlib.Path(root) if root is not None else stdlib_root()
+    groups: dict[str, list[tuple[str, bytes]]] = {}
+    for rel in _python_files(root):
+        name = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        if packages is None or name in packages:
+            groups.setdefault(name, []).append((rel.as_posix(), (root / rel).read_bytes()))
+    if packages is not None and (missing := sorted(set(packages) - set(groups))):
+        raise ValueError(f"stdlib corpus: packages {missing} not found under {root}")
+    if not groups:
+        raise ValueError(f"stdlib corpus: no .py files under {root}")
+    return root, groups
+
+
+def _file_text(rel: str, content: bytes) -> str:
+    text = _decode(content)
+    return f"# FILE: {rel}\n{text}" + ("" if text.endswith("\n") else "\n")
+
+
+def _stdlib_manifest(root, packages, groups, documents) -> dict[str, Any]:
+    files = [f for name in sorted(groups) for f in groups[name]]
+    return {
+        "corpus": "stdlib",
+        "python": sys.version,
+        "implementation": platform.python_implementation(),
+        "root": str(root),
+        "dropped_dirs": list(DROPPED_DIRS),
+        "packages": None if packages is None else sorted(packages),
+        "documents": len(documents),
+        "files": len(files),
+        "bytes": sum(len(c) for _, c in files),
+        "sha256": _digest(files),
+    }
+
+
 def stdlib_corpus(
     root: str | pathlib.Path | None = None, *, packages: Sequence[str] | None = None
 ) -> Corpus:
@@ -118,37 +161,45 @@ def stdlib_corpus(
     Raises:
       ValueError: ``root`` holds no ``.py`` files, or a name in ``packages`` is not found.
     """
-    root = pathlib.Path(root) if root is not None else stdlib_root()
-    groups: dict[str, list[tuple[str, bytes]]] = {}
-    for rel in _python_files(root):
-        name = rel.parts[0] if len(rel.parts) > 1 else rel.stem
-        if packages is None or name in packages:
-            groups.setdefault(name, []).append((rel.as_posix(), (root / rel).read_bytes()))
-    if packages is not None and (missing := sorted(set(packages) - set(groups))):
-        raise ValueError(f"stdlib corpus: packages {missing} not found under {root}")
-    if not groups:
-        raise ValueError(f"stdlib corpus: no .py files under {root}")
-    documents, files = [], []
-    for name in sorted(groups):
-        parts = []
-        for rel, content in groups[name]:
-            text = _decode(content)
-            parts.append(f"# FILE: {rel}\n{text}" + ("" if text.endswith("\n") else "\n"))
-        documents.append(Document(name, "".join(parts)))
-        files.extend(groups[name])
-    manifest = {
-        "corpus": "stdlib",
-        "python": sys.version,
-        "implementation": platform.python_implementation(),
-        "root": str(root),
-        "dropped_dirs": list(DROPPED_DIRS),
-        "packages": None if packages is None else sorted(packages),
-        "documents": len(documents),
-        "files": len(files),
-        "bytes": sum(len(c) for _, c in files),
-        "sha256": _digest(files),
-    }
+    root, groups = _stdlib_files(root, packages)
+    documents = [
+        Document(name, "".join(_file_text(rel, content) for rel, content in groups[name]))
+        for name in sorted(groups)
+    ]
+    return Corpus(documents, _stdlib_manifest(root, packages, groups, documents))
+
+
+def stdlib_files_corpus(
+    root: str | pathlib.Path | None = None, *, packages: Sequence[str] | None = None
+) -> Corpus:
+    """The ``stdlib_corpus`` files, one document per file named by its relative path.
+
+    Same arguments and errors as ``stdlib_corpus``. Single-file modules are named ``os.py``, so
+    ``repository(name)`` gives the ``stdlib_corpus`` document (package) each file belongs to.
+    """
+    root, groups = _stdlib_files(root, packages)
+    documents = sorted(
+        (
+            Document(rel, _file_text(rel, content))
+            for name in groups
+            for rel, content in groups[name]
+        ),
+        key=lambda d: d.name,
+    )
+    manifest = _stdlib_manifest(root, packages, groups, documents)
+    # A distinct sha256 keys a distinct token cache (the documents differ from stdlib's).
+    manifest.update(corpus="stdlib_files", split_by="repository")
+    manifest["sha256"] = hashlib.sha256(f"files:{manifest['sha256']}".encode()).hexdigest()
     return Corpus(documents, manifest)
+
+
+def repository(name: str) -> str:
+    """The repository of a document name: its first path component, without a ``.py`` suffix.
+
+    ``asyncio/events.py`` -> ``asyncio``; ``os.py`` -> ``os``; ``asyncio`` -> ``asyncio``.
+    """
+    first = name.split("/", 1)[0]
+    return first.removesuffix(".py")
 
 
 def _input_files(path: str | pathlib.Path) -> tuple[pathlib.Path, list[pathlib.Path]]:
@@ -233,24 +284,30 @@ def jsonl_corpus(path: str | pathlib.Path, *, text_field: str = "text") -> Corpu
 
 
 CORPORA.register("stdlib")(lambda data: stdlib_corpus())
+CORPORA.register("stdlib_files")(lambda data: stdlib_files_corpus())
 CORPORA.register("text")(lambda data: text_corpus(data.path))
 CORPORA.register("jsonl")(lambda data: jsonl_corpus(data.path, text_field=data.text_field))
 
 
-def split_by_name(names: Sequence[str], fraction: float, seed: int) -> np.ndarray:
+def split_by_name(
+    names: Sequence[str], fraction: float, seed: int, *, groups: Sequence[str] | None = None
+) -> np.ndarray:
     """Boolean mask of the held-out documents: a deterministic share ``fraction`` of ``names``.
 
     Names are ranked by ``sha256(f"{seed}:{name}")`` and the lowest ``round(fraction * n)`` are
     held out, at least one and at most ``n - 1`` when ``fraction > 0`` and ``n >= 2``. The
-    result depends only on the names, the fraction and the seed, never on their order.
+    result depends only on the names, the fraction and the seed, never on their order. With
+    ``groups`` (one group name per document, e.g. its ``repository``) the same rule picks whole
+    groups: a document is held out with its group.
     """
-    n = len(names)
     if not 0 <= fraction < 1:
         raise ValueError(f"config.data.eval_fraction = {fraction}: must be in [0, 1)")
+    keys = list(names) if groups is None else list(groups)
+    units = sorted(set(keys))
+    n = len(units)
     count = round(fraction * n)
     if fraction > 0 and n >= 2:
         count = min(max(count, 1), n - 1)
-    keys = [hashlib.sha256(f"{seed}:{name}".encode()).hexdigest() for name in names]
-    held_out = np.zeros(n, dtype=bool)
-    held_out[sorted(range(n), key=lambda i: (keys[i], names[i]))[:count]] = True
-    return held_out
+    ranked = sorted(units, key=lambda u: (hashlib.sha256(f"{seed}:{u}".encode()).hexdigest(), u))
+    held = set(ranked[:count])
+    return np.array([k in held for k in keys], dtype=bool)

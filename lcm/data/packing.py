@@ -47,6 +47,40 @@ READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=64)
 FEATURES = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
 
 
+class _ConcatThenSplitIterator(grain.DatasetIterator):
+    """grain's concat-then-split iterator, restorable from a JSON round trip of its state.
+
+    grain 0.2.18 marks "no remainder" with the tuple ``(-1, -1)`` and compares it with ``!=``; a
+    state that went through JSON (orbax's grain handler) holds lists, so a state saved with no
+    remainder would restore as if it had one and replay the wrong rows. Slices go back to tuples.
+    """
+
+    def __init__(self, parent: grain.DatasetIterator):
+        super().__init__(parent)
+
+    def __next__(self):
+        return next(self._parent)
+
+    def get_state(self) -> dict[str, Any]:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        slices = {k: tuple(v) for k, v in state["remainder_slices"].items()}
+        self._parent.set_state({**state, "remainder_slices": slices})
+
+
+class ConcatThenSplit(grain.IterDataset):
+    """``grain.experimental.ConcatThenSplitIterDataset`` with a JSON-safe ``set_state``."""
+
+    def __init__(self, parent: grain.IterDataset, *, length_struct: dict[str, int]):
+        super().__init__(
+            grain.experimental.ConcatThenSplitIterDataset(parent, length_struct=length_struct)
+        )
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _ConcatThenSplitIterator(self._parent.__iter__())
+
+
 def split_pieces(
     offsets: np.ndarray, doc_ids: np.ndarray, length: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +111,7 @@ class _ReadPiece:
         return {"inputs": piece[:-1], "targets": piece[1:]}
 
 
-class _Finalize:
+class Finalize:
     """grain map: packer output -> the five int32 features, padded to ``rows`` rows."""
 
     def __init__(self, *, rows: int, length: int, document_masking: bool):
@@ -106,7 +140,7 @@ class _Finalize:
 def empty_batch(rows: int, length: int, document_masking: bool) -> dict[str, np.ndarray]:
     """A batch of ``rows`` padding rows (``loss_mask`` all 0), laid out like real batches."""
     raw = ("inputs", "targets", "inputs_segment_ids", "inputs_positions")
-    finalize = _Finalize(rows=rows, length=length, document_masking=document_masking)
+    finalize = Finalize(rows=rows, length=length, document_masking=document_masking)
     return finalize({k: np.zeros((0, length), np.int32) for k in raw})
 
 
@@ -157,7 +191,7 @@ def batches(
     ds = ds.map(_ReadPiece(corpus, starts, stops)).to_iter_dataset(READ_OPTIONS)
     lengths: dict[str, Any] = {"inputs": length, "targets": length}
     if packing == "concat":
-        ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct=lengths)
+        ds = ConcatThenSplit(ds, length_struct=lengths)
     else:
         packer = {
             "first_fit": grain.experimental.FirstFitPackIterDataset,
@@ -167,4 +201,4 @@ def batches(
             ds, length_struct=lengths, num_packing_bins=packing_bins, seed=seed, shuffle_bins=train
         )
     ds = ds.batch(rows, drop_remainder=train)
-    return ds.map(_Finalize(rows=rows, length=length, document_masking=document_masking))
+    return ds.map(Finalize(rows=rows, length=length, document_masking=document_masking))

@@ -23,8 +23,9 @@ from absl import logging
 from ml_collections import ConfigDict
 
 from lcm.data import packing as packing_lib
+from lcm.data import recipes as recipes_lib
 from lcm.data.cache import TokenizedCorpus, tokenize_corpus
-from lcm.data.corpora import CORPORA, split_by_name
+from lcm.data.corpora import CORPORA, repository, split_by_name
 from lcm.data.tokenizers import load_tokenizer
 
 MANIFEST_FILE = "data_manifest.json"  # written to the workdir by process 0
@@ -119,7 +120,10 @@ class Data:
         self.corpus: TokenizedCorpus = tokenize_corpus(
             CORPORA.get(data.corpus)(data), tokenizer, data.cache_dir
         )
-        held_out = split_by_name(self.corpus.names, data.eval_fraction, data.split_seed)
+        names = self.corpus.names
+        by_repo = self.corpus.manifest.get("split_by") == "repository"  # file-level corpora
+        groups = [repository(n) for n in names] if by_repo else None
+        held_out = split_by_name(names, data.eval_fraction, data.split_seed, groups=groups)
         self.train_ids = np.flatnonzero(~held_out)
         self.eval_ids = np.flatnonzero(held_out)
         self.manifest = {
@@ -145,6 +149,7 @@ class Data:
         """Host ``host``'s (default: this host's) share of batches of rows of ``length`` tokens.
 
         A global batch holds ``batch_size * seq_len`` tokens, ``1 / process_count`` per host.
+        Training batches follow ``config.data.recipe`` (``lcm.data.recipes``).
         """
         data = self.config.data
         ids = self.train_ids if train else self.eval_ids
@@ -154,6 +159,10 @@ class Data:
                 f"config.data.eval_fraction = {data.eval_fraction}: no {split} documents "
                 f"among the corpus's {len(self.corpus)}"
             )
+        seed = self.config.train.seed + seed_offset
+        host = self.process_index if host is None else host
+        if train and recipes_lib.is_recipe(data):
+            return recipes_lib.train_batches(self, length, seed=seed, host=host)
         rows = data.batch_size * data.seq_len // length // self.process_count
         return packing_lib.batches(
             self.corpus,
@@ -163,9 +172,9 @@ class Data:
             packing=data.packing,
             document_masking=data.document_masking,
             packing_bins=data.packing_bins,
-            seed=self.config.train.seed + seed_offset,
+            seed=seed,
             train=train,
-            process_index=self.process_index if host is None else host,
+            process_index=host,
             process_count=self.process_count,
         )
 

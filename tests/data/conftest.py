@@ -50,3 +50,31 @@ def make_config(tmp_path, text_docs):
         return config_lib.validate(config)
 
     return make
+
+
+# A tiny "repository" corpus for the recipe tests: file-level names, distinct letters per file so
+# every token tells which file it came from.
+REPO_FILES = {
+    "a/x.py": "aaaaaaaaaa",  # 10
+    "a/sub/y.py": "bbbbbbbbbbbbbbbbbbbb",  # 20
+    "a/sub/z.py": "ccccc",  # 5
+    "a/w.py": "dddddddddddddddd",  # 16
+    "b/q.py": "eeeeeeeeeeeeeeeeeeeeeeeeeeeeee",  # 30
+    "b/r.py": "fff",  # 3
+    "c.py": "gggggggggggggggggggggggggggggggggggggggg",  # 40
+    "d.py": "hhhhhhhh",  # 8
+}
+
+
+@pytest.fixture
+def repo_store(tmp_path):
+    """``REPO_FILES`` tokenized (byte tokenizer) through the cache; documents sorted by name."""
+    from lcm.data import cache, corpora, tokenizers
+
+    docs = [corpora.Document(n, t) for n, t in sorted(REPO_FILES.items())]
+    sha = corpora._digest([(d.name, d.text.encode()) for d in docs])
+    return cache.tokenize_corpus(
+        corpora.Corpus(docs, {"corpus": "repo_unit", "sha256": sha}),
+        tokenizers.ByteTokenizer(),
+        tmp_path / "repo_cache",
+    )

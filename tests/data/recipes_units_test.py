@@ -1,0 +1,141 @@
+"""Unit recipes: documents, concat-by-repository (+ length mix) and the unit packer."""
+
+import collections
+
+import numpy as np
+import pytest
+
+from lcm.data import corpora
+from lcm.data.recipes import units
+
+from .conftest import REPO_FILES
+
+
+def _text(store, unit):
+    return "".join(chr(t) for a, b in unit for t in store.read(a, b))
+
+
+def test_repository_of_a_name():
+    assert corpora.repository("asyncio/events.py") == "asyncio"
+    assert corpora.repository("os.py") == "os"
+    assert corpora.repository("asyncio") == "asyncio"
+
+
+def test_repositories_concatenate_files_in_path_order(repo_store):
+    plan = units.repositories(repo_store, np.arange(len(repo_store)))
+    f = REPO_FILES
+    assert [_text(repo_store, u) for u in plan] == [
+        f["a/sub/y.py"] + f["a/sub/z.py"] + f["a/w.py"] + f["a/x.py"],  # sorted paths of a/
+        f["b/q.py"] + f["b/r.py"],
+        f["c.py"],
+        f["d.py"],
+    ]
+    assert [units.unit_length(u) for u in plan] == [51, 33, 40, 8]
+
+
+def test_length_buckets_exact_and_empty_bucket_is_an_error(repo_store):
+    plan = units.repositories(repo_store, np.arange(len(repo_store)))
+    buckets, weights = units.by_length(plan, ((0, 0.5), (34, 0.25), (50, 0.25)))
+    assert [[units.unit_length(u) for u in b] for b in buckets] == [[33, 8], [40], [51]]
+    assert weights == [0.5, 0.25, 0.25]
+    with pytest.raises(ValueError, match=r"config\.data\.length_mix = .*100 <= tokens < "):
+        units.by_length(plan, ((0, 0.5), (100, 0.5)))
+
+
+def _rows(ds, n):
+    it = iter(ds)
+    return [next(it) for _ in range(n)]
+
+
+def test_concat_without_first_token_mask_is_the_plain_token_stream(repo_store):
+    """Every row continues the stream; each target is the next stream token, across units."""
+    plan = units.documents(repo_store, np.arange(len(repo_store)))
+    ds = units.packed_rows(
+        repo_store, plan, length=8, packing="concat", packing_bins=2, mask_first_token=False,
+        seed=3, process_index=0, process_count=1,
+    )  # fmt: skip
+    total = sum(len(t) for t in REPO_FILES.values())  # 132 tokens = 16.5 rows of 8
+    rows = _rows(ds, 40)  # > 2 epochs
+    inputs = np.concatenate([r["inputs"] for r in rows])
+    targets = np.concatenate([r["targets"] for r in rows])
+    np.testing.assert_array_equal(targets[:-1], inputs[1:])  # one stream, shifted by one
+    for r in rows:  # no padding: concat fills every row
+        np.testing.assert_array_equal(r["inputs_segment_ids"] > 0, True)
+    # The first epoch is every document exactly once, each whole (contiguous).
+    text = "".join(chr(t) for t in inputs[:total])
+    runs = [m for m in _runs(text)]
+    assert sorted(runs) == sorted(REPO_FILES.values())
+    assert "".join(chr(t) for t in inputs[total : 2 * total]) != text  # reshuffled next epoch
+
+
+def _runs(text):
+    out, start = [], 0
+    for i in range(1, len(text) + 1):
+        if i == len(text) or text[i] != text[start]:
+            out.append(text[start:i])
+            start = i
+    return out
+
+
+def test_fit_packing_gives_unit_pieces_each_once_per_epoch(repo_store):
+    plan = units.repositories(repo_store, np.arange(len(repo_store)))
+    ds = units.packed_rows(
+        repo_store, plan, length=16, packing="first_fit", packing_bins=2, mask_first_token=True,
+        seed=0, process_index=0, process_count=1,
+    )  # fmt: skip
+    pieces = collections.Counter()
+    for r in _rows(ds, 60):
+        for s in np.unique(r["inputs_segment_ids"][r["inputs_segment_ids"] > 0]):
+            where = r["inputs_segment_ids"] == s
+            pieces[
+                (
+                    bytes(r["inputs"][where].astype(np.uint8)),
+                    bytes(r["targets"][where].astype(np.uint8)),
+                )
+            ] += 1
+    want = collections.Counter()
+    for u in plan:  # oracle: windows of 16 inputs over each unit, targets the next tokens
+        t = bytes(np.concatenate([repo_store.read(a, b) for a, b in u]).astype(np.uint8))
+        for s in range(0, len(t) - 1, 16):
+            want[(t[s : min(s + 16, len(t) - 1)], t[s + 1 : s + 17])] += 1
+    assert set(pieces) == set(want)  # nothing else appears; repository text crosses files
+    assert any(b"d" in i and b"c" in i for i, _ in pieces)  # a/sub/z.py then a/w.py in one piece
+
+
+def test_mix_draws_rows_from_buckets_by_weight(repo_store):
+    plan = units.repositories(repo_store, np.arange(len(repo_store)))
+    buckets, weights = units.by_length(plan, ((0, 0.25), (40, 0.75)))  # [33, 8] vs [51, 40]
+    streams = [
+        units.packed_rows(
+            repo_store,
+            b,
+            length=8,
+            packing="best_fit",
+            packing_bins=2,
+            mask_first_token=True,
+            seed=i,
+            process_index=0,
+            process_count=1,
+        )
+        for i, b in enumerate(buckets)
+    ]
+    data_config = type("D", (), {"document_masking": True})()
+    ds = units.finish(streams, weights, rows=4, length=8, d=data_config)
+    long_letters = set(b"abcdg")  # repositories a (51 tokens) and c.py (40)
+    from_long = []
+    for batch in _rows(ds, 10):
+        for row, seg in zip(batch["inputs"], batch["segment_ids"], strict=True):
+            from_long.append(set(row[seg > 0].tolist()) <= long_letters)
+    assert sum(from_long) == 30 and len(from_long) == 40  # exactly 3 of every 4 rows
+
+
+def test_errors_are_clear(repo_store):
+    plan = units.documents(repo_store, np.arange(len(repo_store)))
+    kw = dict(length=8, packing_bins=2, seed=0, process_index=0, process_count=1)
+    with pytest.raises(ValueError, match=r"mask_first_token = False: needs .*'concat'"):
+        units.packed_rows(repo_store, plan, packing="first_fit", mask_first_token=False, **kw)
+    with pytest.raises(ValueError, match=r"config\.data\.packing = 'x': allowed"):
+        units.packed_rows(repo_store, plan, packing="x", mask_first_token=True, **kw)
+    kw["process_count"] = 9
+    with pytest.raises(ValueError, match="8 units cannot be shared by 9 hosts"):
+        units.packed_rows(repo_store, plan, packing="concat", mask_first_token=True, **kw)
