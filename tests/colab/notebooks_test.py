@@ -3,8 +3,9 @@
 Execution uses nbclient with the ``python3`` kernel, which jupyter_client starts with this
 interpreter (``sys.executable``, the venv's python), with the repository root as working
 directory, so the notebooks import this checkout's ``lcm``. ``LCM_NOTEBOOK_FAST=1`` shrinks every
-notebook for the default (fast) run; the @slow variant runs them at full size. Both inherit
-this process's environment, including the 8 simulated CPU devices of ``tests/conftest.py``.
+notebook for the default (fast) run; the @slow variant runs them at full size. Kernels start
+without ``XLA_FLAGS``, as on a fresh Colab runtime: notebook 02 asks for its own 8 simulated
+devices, and the others run on one CPU device (faster than the 8 of ``tests/conftest.py``).
 """
 
 import pathlib
@@ -64,6 +65,7 @@ def _execute(path, fast: bool, monkeypatch, tmp_path) -> None:
     _kernel_runs_this_python()
     monkeypatch.setenv("LCM_NOTEBOOK_FAST", "1" if fast else "0")
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # notebook 03's workdir lands under tmp_path
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(
         nb,
