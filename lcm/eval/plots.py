@@ -1,4 +1,7 @@
-"""PNG plots of evaluation results (matplotlib, Agg backend: no display needed).
+"""PNG plots of evaluation results (matplotlib ``Figure`` objects: no pyplot, no display).
+
+Figures are built without pyplot, so importing this module never changes the matplotlib backend
+of the caller (e.g. inline plots in a notebook).
 
 - ``perplexity_plot``: perplexity vs length, one line per run (``results.json``), log-log axes,
   legend ``label (protocol)``.
@@ -13,15 +16,14 @@ from collections.abc import Sequence
 
 import matplotlib
 import matplotlib.ticker
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 
 def perplexity_plot(runs: Sequence[dict], path: str | pathlib.Path) -> pathlib.Path:
     """Draws each run's ``perplexity.results`` on one figure; returns ``path``."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for run in runs:
         ppl = run["perplexity"]
         xs = [r["length"] for r in ppl["results"]]
@@ -37,7 +39,6 @@ def perplexity_plot(runs: Sequence[dict], path: str | pathlib.Path) -> pathlib.P
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return pathlib.Path(path)
 
 
@@ -48,7 +49,8 @@ def heatmap(task: str, record: dict, path: str | pathlib.Path, *, title: str = "
     for cell in record["cells"]:
         if cell["score"] is not None:
             grid[depths.index(cell["depth"]), lengths.index(cell["length"])] = cell["score"]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(lengths), 1.2 + 0.5 * len(depths)))
+    fig = Figure(figsize=(1.2 + 0.8 * len(lengths), 1.2 + 0.5 * len(depths)))
+    ax = fig.subplots()
     cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="lightgrey")
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(lengths)), [str(n) for n in lengths])
@@ -59,5 +61,4 @@ def heatmap(task: str, record: dict, path: str | pathlib.Path, *, title: str = "
     fig.colorbar(image, ax=ax, label="score")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return pathlib.Path(path)
