@@ -14,6 +14,7 @@ and reviewed by ``lcm.train.health`` (non-finite steps, loss spikes): no host sy
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import signal
 import time
@@ -219,49 +220,56 @@ def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> 
         last: dict = {"step": start}
         pending: list = []  # (step, metrics still on device) since the last review
         window_start, window_tokens = time.perf_counter(), 0.0
-        with _StopFlag(enabled=not multihost) as stop:
-            step = start
-            while step < t.num_steps:
-                local = next(data_iterator)
-                state, step_metrics = train_step(state, to_device(local))
-                step += 1
-                pending.append((step, step_metrics))
-                window_tokens += local["inputs"].size * jax.process_count()
-                if multihost:  # every host calls this every step; all agree on when to stop
-                    preempted = multihost_utils.reached_preemption_sync_point(step)
-                else:
-                    preempted = stop.signal is not None
-                stopping = preempted or (stop_after is not None and step - start >= stop_after)
-                final = step == t.num_steps or stopping
-                due_eval = t.eval_every and (step % t.eval_every == 0 or step == t.num_steps)
-                due_log = step % t.log_every == 0 or step == t.num_steps or due_eval
-                due_save = final or step % t.checkpoint_every == 0
-                if due_log or due_save:  # reviewed before any save: no checkpoint past a stop
-                    records = review(pending, step if due_log else None)
-                    for s, record in records:
-                        if s == step and due_log:
-                            elapsed = time.perf_counter() - window_start
-                            record["tokens_per_sec"] = window_tokens / elapsed
-                            record["mfu"] = record["tokens_per_sec"] * flops_per_token / peak
-                            if due_eval:
-                                record["eval_loss"] = evaluate(
-                                    eval_fn, state.params, eval_batches, to_device
+        try:
+            with _StopFlag(enabled=not multihost) as stop:
+                step = start
+                while step < t.num_steps:
+                    local = next(data_iterator)
+                    state, step_metrics = train_step(state, to_device(local))
+                    step += 1
+                    pending.append((step, step_metrics))
+                    window_tokens += local["inputs"].size * jax.process_count()
+                    if multihost:  # every host calls this every step; all agree on when to stop
+                        preempted = multihost_utils.reached_preemption_sync_point(step)
+                    else:
+                        preempted = stop.signal is not None
+                    stopping = preempted or (stop_after is not None and step - start >= stop_after)
+                    final = step == t.num_steps or stopping
+                    due_eval = t.eval_every and (step % t.eval_every == 0 or step == t.num_steps)
+                    due_log = step % t.log_every == 0 or step == t.num_steps or due_eval
+                    due_save = final or step % t.checkpoint_every == 0
+                    if due_log or due_save:  # reviewed before any save: no checkpoint past a stop
+                        records = review(pending, step if due_log else None)
+                        for s, record in records:
+                            if s == step and due_log:
+                                elapsed = time.perf_counter() - window_start
+                                record["tokens_per_sec"] = window_tokens / elapsed
+                                record["mfu"] = record["tokens_per_sec"] * flops_per_token / peak
+                                if due_eval:
+                                    record["eval_loss"] = evaluate(
+                                        eval_fn, state.params, eval_batches, to_device
+                                    )
+                                last = {"step": s, **record}
+                                log(
+                                    f"step {s}/{t.num_steps} | loss {record['loss']:.4f}"
+                                    + (f" | eval {record['eval_loss']:.4f}" if due_eval else "")
+                                    + f" | {record['tokens_per_sec']:,.0f} tok/s"
+                                    + f" | mfu {record['mfu']:.2f} | lr {record['lr']:.2e}"
+                                    + (f" | skipped {monitor.skipped}" if monitor.skipped else "")
                                 )
-                            last = {"step": s, **record}
-                            log(
-                                f"step {s}/{t.num_steps} | loss {record['loss']:.4f}"
-                                + (f" | eval {record['eval_loss']:.4f}" if due_eval else "")
-                                + f" | {record['tokens_per_sec']:,.0f} tok/s"
-                                + f" | mfu {record['mfu']:.2f} | lr {record['lr']:.2e}"
-                                + (f" | skipped {monitor.skipped}" if monitor.skipped else "")
-                            )
-                            window_start, window_tokens = time.perf_counter(), 0.0
-                        writer.write(s, record)
-                ckpt.save(step, state, data_iterator, health=monitor.state(), force=final)
-                if stopping:
-                    reason = "preemption" if multihost else stop.signal or "stop_after"
-                    log(f"{reason}: saved step {step}, exiting")
-                    break
+                                window_start, window_tokens = time.perf_counter(), 0.0
+                            writer.write(s, record)
+                    ckpt.save(step, state, data_iterator, health=monitor.state(), force=final)
+                    if stopping:
+                        reason = "preemption" if multihost else stop.signal or "stop_after"
+                        log(f"{reason}: saved step {step}, exiting")
+                        break
+        except BaseException:
+            # Let the saves already started (all of finite, reviewed states) finish first.
+            with contextlib.suppress(Exception):
+                ckpt.close()
+            writer.close()
+            raise
         ckpt.close()
         writer.close()
     last["state"] = state
