@@ -50,6 +50,12 @@ def tiny_config(tmp_path, **more):
 
 
 @pytest.fixture
+def tiny_overrides(tmp_path):
+    """``overrides(tmp_path)``: the corpus is written once per test."""
+    return overrides(tmp_path)
+
+
+@pytest.fixture
 def tiny(tmp_path):
     """``fn(**more) -> config``: see ``tiny_config``."""
     return lambda **more: tiny_config(tmp_path, **more)
