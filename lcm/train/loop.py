@@ -152,6 +152,12 @@ def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> 
             f"data: {config.data.corpus} corpus, {m['train_documents']} train / "
             f"{m['eval_documents']} eval documents, {m['train_tokens']:,} train tokens "
             f"(manifest in {workdir}/data_manifest.json)"
+            + (
+                f"; skipped {m['malformed_lines']} malformed line(s), first: "
+                + ", ".join(m["malformed_examples"])
+                if m.get("malformed_lines")
+                else ""
+            )
         )
         data_iterator = data.train_iterator()
         monitor = health.Health(
