@@ -63,9 +63,15 @@ def tiny(tmp_path):
 
 def read_saved_state(workdir, step: int) -> dict:
     """The train state of ``workdir/checkpoints/<step>`` as numpy arrays (read as saved)."""
-    path = pathlib.Path(workdir, "checkpoints", str(step), "state")
+    path = pathlib.Path(workdir, "checkpoints", str(step), "state").resolve()
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     with ocp.StandardCheckpointer() as reader:
-        return jax.device_get(reader.restore(path.resolve()))
+        # Onto one device, whatever topology wrote it (e.g. two processes).
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+            reader.metadata(path).item_metadata.tree,
+        )
+        return jax.device_get(reader.restore(path, target))
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ def _command(workdir, base, **more):
 def _env(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
     env.update(
+        PYTHONPATH=str(config_lib.REPO_ROOT),  # this checkout's lcm, whatever is installed
         XLA_FLAGS="--xla_force_host_platform_device_count=1",
         JAX_PLATFORMS="cpu",
         # Restarts load the compiled step instead of compiling again (same executable).
