@@ -19,6 +19,7 @@ import os
 import pathlib
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class Checkpointer:
 
     def check_writable(self) -> None:
         """Raises ``CheckpointSaveError`` unless this process can create files in the directory."""
-        probe = self.directory / f".write-probe-{os.getpid()}"
+        probe = self.directory / f".write-probe-{jax.process_index()}-{os.getpid()}"
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             probe.write_bytes(b"")
