@@ -108,6 +108,35 @@ def unigram_entropy(batches) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+def _review(pending: list, monitor: health.Health, schedule, log, log_step: int | None) -> list:
+    """Fetches the pending steps' metrics (one host sync) and applies the health policy.
+
+    Returns:
+      ``(step, record)`` for ``log_step`` and for every skipped or spiking step, in order.
+      ``pending`` is emptied.
+    """
+    fetched = jax.device_get([out for _, out in pending])
+    records = []
+    for (s, _), out in zip(pending, fetched, strict=True):
+        updates_before = s - 1 - monitor.skipped  # the schedule does not count dropped updates
+        extras, message = monitor.review(
+            s, float(out["loss"]), bool(out["finite"]), out["leaf_finite"]
+        )
+        if message:
+            log(message)
+        if extras or s == log_step:
+            record = {
+                "loss": float(out["loss"]),
+                "grad_norm": float(out["grad_norm"]),
+                "lr": float(schedule(updates_before)),
+                "skipped_steps": monitor.skipped,
+                **extras,
+            }
+            records.append((s, record))
+    pending.clear()
+    return records
+
+
 def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> dict:
     """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints).
 
@@ -199,30 +228,6 @@ def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> 
                 f"{unigram_entropy(eval_batches):.4f} nats/token (a context-free baseline)"
             )
 
-        def review(pending, log_step):
-            """Fetches the pending steps' metrics (one host sync), applies the health policy,
-            and writes a record for the log step and for every skipped or spiking step."""
-            fetched = jax.device_get([out for _, out in pending])
-            records = []
-            for (s, _), out in zip(pending, fetched, strict=True):
-                updates_before = s - 1 - monitor.skipped  # the schedule skips dropped updates
-                extras, message = monitor.review(
-                    s, float(out["loss"]), bool(out["finite"]), out["leaf_finite"]
-                )
-                if message:
-                    log(message)
-                if extras or s == log_step:
-                    record = {
-                        "loss": float(out["loss"]),
-                        "grad_norm": float(out["grad_norm"]),
-                        "lr": float(schedule(updates_before)),
-                        "skipped_steps": monitor.skipped,
-                        **extras,
-                    }
-                    records.append((s, record))
-            pending.clear()
-            return records
-
         last: dict = {"step": start}
         pending: list = []  # (step, metrics still on device) since the last review
         window_start, window_tokens = time.perf_counter(), 0.0
@@ -245,7 +250,9 @@ def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> 
                     due_log = step % t.log_every == 0 or step == t.num_steps or due_eval
                     due_save = final or step % t.checkpoint_every == 0
                     if due_log or due_save:  # reviewed before any save: no checkpoint past a stop
-                        records = review(pending, step if due_log else None)
+                        records = _review(
+                            pending, monitor, schedule, log, step if due_log else None
+                        )
                         for s, record in records:
                             if s == step and due_log:
                                 elapsed = time.perf_counter() - window_start
@@ -265,7 +272,8 @@ def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> 
                                 )
                                 window_start, window_tokens = time.perf_counter(), 0.0
                             writer.write(s, record)
-                    ckpt.save(step, state, data_iterator, health=monitor.state(), force=final)
+                    if due_save:  # the loop decides (orbax alone would also save step 1 unreviewed)
+                        ckpt.save(step, state, data_iterator, health=monitor.state(), force=True)
                     if stopping:
                         reason = "preemption" if multihost else stop.signal or "stop_after"
                         log(f"{reason}: saved step {step}, exiting")
