@@ -120,10 +120,10 @@ def test_damaged_latest_checkpoint_is_never_read_as_good(tmp_path, caplog, how):
         shutil.copytree(template, work)
         _damage(work / rel, how)
         caplog.clear()
+        reader = Checkpointer(work, every=1, max_to_keep=10)
         with caplog.at_level(logging.WARNING):
-            step, state, saved_health = Checkpointer(work, every=1, max_to_keep=10).restore_latest(
-                _abstract(), _iterator()
-            )
+            step, state, saved_health = reader.restore_latest(_abstract(), _iterator())
+        reader.close()
         assert step in (2, 3), rel
         np.testing.assert_array_equal(state["w"], _state(step)["w"], err_msg=str(rel))
         assert int(state["step"]) == step and saved_health == {"skipped": step}, rel
