@@ -144,3 +144,15 @@ def test_sigterm_on_one_host_stops_both_at_the_same_saved_step(tmp_path, tiny_ov
         saved.append(int(out.split("preemption: saved step ")[1].split(",")[0]))
     assert saved[0] == saved[1] >= 3, outputs
     assert (tmp_path / "run" / "checkpoints" / str(saved[0])).is_dir()
+
+
+def test_stop_flag_leaves_sigterm_to_jax_with_several_processes():
+    """With several processes JAX's preemption notifier must keep SIGTERM: no Python handler."""
+    before = signal.getsignal(signal.SIGTERM)
+    with loop._StopFlag(enabled=False) as stop:
+        assert signal.getsignal(signal.SIGTERM) is before
+    with loop._StopFlag() as stop:
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signal == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is before
