@@ -159,6 +159,11 @@ def get_config() -> ConfigDict:
     config.train.checkpoint_every = 100  # steps between checkpoints
     config.train.max_checkpoints = 3  # checkpoints kept (newest)
     config.train.peak_flops = 0.0  # FLOP/s for MFU; 0 = measure a float32 matmul at start
+    # Non-finite loss or gradient norm: the update is always dropped; then "stop" raises (naming
+    # the step and the parameters) or "skip" goes on, counting skipped steps in metrics.jsonl.
+    config.train.nonfinite = "stop"  # stop | skip
+    config.train.spike_factor = 3.0  # log a loss spike: loss > factor x running mean; 0 = off
+    config.train.spike_decay = 0.99  # decay of that running mean (bias-corrected moving average)
 
     # ---- evaluation ----------------------------------------------------------------------
     config.eval = ConfigDict()

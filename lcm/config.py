@@ -38,6 +38,7 @@ from lcm.parallel import sharding
 from lcm.positional import POSITIONAL
 from lcm.positional import rope_scaling as rope_scaling_lib
 from lcm.positional import schedule as schedule_lib
+from lcm.train import health
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 BASE_CONFIG = REPO_ROOT / "configs" / "base.py"
@@ -274,6 +275,32 @@ def _check_model(c: _Checker) -> None:
                 )
 
 
+def _check_scheme_impl(c: _Checker) -> None:
+    """Every layer's positional scheme and mask against the attention implementation."""
+    from lcm.model import spec as spec_lib  # lcm.model imports this module
+
+    try:
+        spec = spec_lib.build_spec(c.config)
+    except ValueError as e:
+        c.fail("model.attention.impl", str(e))
+        return
+    a = "model.attention."
+    if c.get(a + "impl") == "ring" and c.get(a + "ring_inner") == "pallas":
+        hooked = sorted(
+            {
+                layer.positional
+                for layer in spec.period_layers
+                if spec.build_positional(layer).logits_fn
+            }
+        )
+        if hooked:
+            c.fail(
+                a + "ring_inner",
+                f"'pallas' cannot run the logits hook of positional scheme(s) {', '.join(hooked)}; "
+                "allowed here: 'blockwise'",
+            )
+
+
 def _check_rope_scaling(c: _Checker) -> None:
     p = "model.positional."
     r = p + "rope_scaling."
@@ -373,6 +400,19 @@ def _is_tokenizer(v: Any) -> bool:
     return v == "byte" or (path.suffix in TOKENIZER_SUFFIXES and path.is_file())
 
 
+def _holds_data(path: str) -> bool:
+    """Whether ``path`` is a non-empty file or a directory holding one (not hidden)."""
+    root = pathlib.Path(path).expanduser()
+    if root.is_file():
+        return root.stat().st_size > 0
+    return any(
+        p.is_file()
+        and p.stat().st_size > 0
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        for p in root.rglob("*")
+    )
+
+
 def _check_curriculum(c: _Checker) -> None:
     stages, seq_len = c.get("data.curriculum"), c.get("seq_len")
     shape_ok = c.check(
@@ -409,7 +449,17 @@ def _check_data(c: _Checker) -> None:
     c.positive_int("seq_len", d + "batch_size", d + "packing_bins")
     corpus_ok = c.one_of(d + "corpus", tuple(CORPORA.names()))
     if corpus_ok and c.get(d + "corpus") in ("text", "jsonl"):
-        c.check(d + "path", lambda v: bool(v), "is required when data.corpus is text or jsonl")
+        if c.check(d + "path", lambda v: bool(v), "is required when data.corpus is text or jsonl"):
+            if c.check(
+                d + "path",
+                lambda v: pathlib.Path(v).expanduser().exists(),
+                "no such file or directory (data.corpus text / jsonl reads it)",
+            ):
+                c.check(
+                    d + "path",
+                    _holds_data,
+                    "is an empty corpus: no non-empty, non-hidden file there",
+                )
     if corpus_ok and c.get(d + "corpus") == "jsonl":
         c.check(d + "text_field", lambda v: bool(v), "must be a non-empty field name")
     tokenizer_ok = c.check(
@@ -527,6 +577,13 @@ def _check_train_eval(c: _Checker) -> None:
         c.check(key, lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
     c.non_negative("train.weight_decay", "train.grad_clip", "train.z_loss", "train.peak_flops")
     c.check("train.min_lr_ratio", lambda v: 0 <= v <= 1, "must be in [0, 1]")
+    c.one_of("train.nonfinite", health.POLICIES)
+    c.check(
+        "train.spike_factor",
+        lambda v: _is_number(v) and (v == 0 or v > 1),
+        "must be 0 (off) or a number > 1",
+    )
+    c.check("train.spike_decay", lambda v: _is_number(v) and 0 <= v < 1, "must be in [0, 1)")
     for key in ("train.adam_b1", "train.adam_b2"):
         c.check(key, lambda v: 0 <= v < 1, "must be in [0, 1)")
     accum, batch = c.get("train.grad_accum_steps"), c.get("data.batch_size")
@@ -628,6 +685,8 @@ def validate(config: ConfigDict, *, num_devices: int | None = None) -> ConfigDic
         _check_data(c)
         _check_train_eval(c)
         _check_mesh(c, num_devices)
+    if not c.errors:  # needs every model field valid
+        _check_scheme_impl(c)
     if c.errors:
         raise ValueError("invalid config:\n  " + "\n  ".join(c.errors))
     return config

@@ -261,6 +261,55 @@ def test_every_config_validates(path):
             {"data__corpus": "jsonl"},
             "config.data.path = None: is required when data.corpus is text or jsonl",
         ),
+        (
+            {"data__corpus": "text", "data__path": "/nonexistent/corpus"},
+            "config.data.path = '/nonexistent/corpus': no such file or directory (data.corpus "
+            "text / jsonl reads it)",
+        ),
+        (
+            {"model__positional__name": "alibi", "model__attention__impl": "pallas"},
+            "config.model.attention.impl = 'pallas': attention impl 'pallas' cannot serve "
+            "positional scheme 'alibi' (layer mask 'causal'): it lacks custom_logits; "
+            "implementations that can: blockwise, reference, ring,",
+        ),
+        (
+            {
+                "model__positional__name": "tapa",
+                "model__positional__tapa_theta": 0.25,
+                "model__attention__impl": "moba",
+            },
+            "config.model.attention.impl = 'moba': attention impl 'moba' cannot serve positional "
+            "scheme 'tapa' (layer mask 'causal'): it lacks custom_logits",
+        ),
+        (
+            {
+                "model__positional__name": "alibi",
+                "model__attention__impl": "ring",
+                "model__attention__ring_inner": "pallas",
+            },
+            "config.model.attention.ring_inner = 'pallas': 'pallas' cannot run the logits hook "
+            "of positional scheme(s) alibi; allowed here: 'blockwise'",
+        ),
+        (
+            {"model__attention__impl": "ring", "mesh__shape": (2, 1, 4, 1), "seq_len": 128 + 4},
+            "config.seq_len = 132: must be a multiple of 8 for the 'zigzag' ring layout over "
+            "mesh axis 'context' of size 4",
+        ),
+        (
+            {"model__attention__block_kv": 96},
+            "config.seq_len = 256: must be a multiple of model.attention.block_kv = 96 for "
+            "model.attention.impl = 'blockwise'",
+        ),
+        ({"mesh__shape": (-1, 3, 1, 1)}, "config.mesh.shape = (-1, 3, 1, 1)"),
+        ({"model__num_kv_heads": 0}, "config.model.num_kv_heads = 0: must be a positive integer"),
+        ({"seq_len": -64}, "config.seq_len = -64: must be a positive integer"),
+        (
+            {"train__nonfinite": "ignore"},
+            "config.train.nonfinite = 'ignore': allowed: 'stop', 'skip'",
+        ),
+        ({"train__spike_factor": 0.5}, "config.train.spike_factor = 0.5: must be 0 (off) or a"),
+        ({"train__spike_decay": 1.0}, "config.train.spike_decay = 1.0: must be in [0, 1)"),
+        ({"train__nonfinite": 1}, "config.train.nonfinite = 1: must be of type str"),
         ({"train__learning_rate": 0.0}, "config.train.learning_rate = 0.0: must be a number > 0"),
         ({"train__num_steps": 1.5}, "config.train.num_steps = 1.5: must be of type int"),
         ({"eval__lengths": ()}, "config.eval.lengths = (): must be a non-empty tuple"),
@@ -317,6 +366,30 @@ def test_bad_values_name_key_and_allowed(overrides, message):
     with pytest.raises(ValueError) as err:
         config_lib.validate(_base(**overrides), num_devices=8)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "is an empty corpus: no non-empty, non-hidden file there"),
+        ("", "is an empty corpus: no non-empty, non-hidden file there"),
+        ("text", None),
+    ],
+    ids=["empty-dir", "empty-file", "ok"],
+)
+def test_data_path_must_hold_data(tmp_path, content, message):
+    path = tmp_path / "corpus"
+    path.mkdir()
+    (path / ".hidden").write_text("not read")
+    if content is not None:
+        (path / "a.txt").write_text(content)
+    config = _base(data__corpus="text", data__path=str(path))
+    if message is None:
+        config_lib.validate(config, num_devices=8)
+        return
+    with pytest.raises(ValueError) as err:
+        config_lib.validate(config, num_devices=8)
+    assert f"config.data.path = {str(path)!r}: {message}" in str(err.value)
 
 
 def test_unknown_and_missing_keys():

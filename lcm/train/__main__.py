@@ -10,6 +10,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from lcm.train import checkpoint, health
 from lcm.train.loop import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -27,9 +28,11 @@ def main(argv):
     try:
         train(_CONFIG.value, _WORKDIR.value, log=lambda s: print(s, flush=True))
     except ValueError as e:
-        if str(e).startswith("invalid config"):
+        if str(e).startswith(("invalid config", "config.")):
             raise SystemExit(str(e)) from None
         raise
+    except (checkpoint.CheckpointSaveError, health.NonFiniteError) as e:
+        raise SystemExit(f"{type(e).__name__}: {e}") from None
 
 
 if __name__ == "__main__":

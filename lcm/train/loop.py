@@ -2,19 +2,26 @@
 
 One process per host runs this; every host feeds its own slice of the global batch
 (``jax.make_array_from_process_local_data``). The loop resumes automatically from the newest
-readable checkpoint in ``workdir`` (train state and data-iterator position), so a run killed at
-any point and restarted reproduces the uninterrupted run exactly. SIGTERM and SIGINT finish the
-current step, save, and exit cleanly.
+readable checkpoint in ``workdir`` (train state, data-iterator position, health counters), so a
+run killed at any point and restarted reproduces the uninterrupted run exactly
+(tests/reliability/preemption_test.py). SIGTERM and SIGINT finish the current step, save, and
+exit cleanly; with several processes the stop step comes from JAX's preemption sync point, so
+every host saves the same step.
+
+Per-step metrics stay on device until a log or checkpoint step, when they are fetched together
+and reviewed by ``lcm.train.health`` (non-finite steps, loss spikes): no host sync per step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import signal
 import time
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from lcm import config as config_lib
 from lcm import data as data_lib
@@ -23,21 +30,27 @@ from lcm.attention import ring
 from lcm.model import hf
 from lcm.parallel import mesh as mesh_lib
 from lcm.parallel import sharding
-from lcm.train import checkpoint, metrics, optimizer
+from lcm.train import checkpoint, health, metrics, optimizer
 from lcm.train import state as state_lib
 from lcm.train import step as step_lib
 
 
 class _StopFlag:
-    """Set by SIGTERM/SIGINT; the loop checks it between steps."""
+    """Set by SIGTERM/SIGINT; the loop checks it between steps.
 
-    def __init__(self):
+    Not installed (``enabled=False``) with several processes: there JAX's preemption service
+    owns SIGTERM and ``reached_preemption_sync_point`` tells every host the same step to stop at.
+    """
+
+    def __init__(self, *, enabled: bool = True):
         self.signal = None
+        self.enabled = enabled
         self._previous = {}
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
+        if self.enabled:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -95,6 +108,35 @@ def unigram_entropy(batches) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+def _review(pending: list, monitor: health.Health, schedule, log, log_step: int | None) -> list:
+    """Fetches the pending steps' metrics (one host sync) and applies the health policy.
+
+    Returns:
+      ``(step, record)`` for ``log_step`` and for every skipped or spiking step, in order.
+      ``pending`` is emptied.
+    """
+    fetched = jax.device_get([out for _, out in pending])
+    records = []
+    for (s, _), out in zip(pending, fetched, strict=True):
+        updates_before = s - 1 - monitor.skipped  # the schedule does not count dropped updates
+        extras, message = monitor.review(
+            s, float(out["loss"]), bool(out["finite"]), out["leaf_finite"]
+        )
+        if message:
+            log(message)
+        if extras or s == log_step:
+            record = {
+                "loss": float(out["loss"]),
+                "grad_norm": float(out["grad_norm"]),
+                "lr": float(schedule(updates_before)),
+                "skipped_steps": monitor.skipped,
+                **extras,
+            }
+            records.append((s, record))
+    pending.clear()
+    return records
+
+
 def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> dict:
     """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints).
 
@@ -103,21 +145,30 @@ def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> 
 
     Returns:
       The last logged metrics, with ``step`` and, when evaluated, ``eval_loss``.
+
+    Raises:
+      ValueError: an invalid config or unusable data, before anything is compiled.
+      lcm.train.checkpoint.CheckpointSaveError: the workdir is not writable or a save failed.
+      lcm.train.health.NonFiniteError: a non-finite step under ``train.nonfinite = "stop"``.
     """
     hf_params = None
     if config.model.hf_path is not None:  # model fields and initial weights from a HF checkpoint
         config, hf_params = hf.with_checkpoint(config)
     config_lib.validate(config, num_devices=jax.device_count())
+    t = config.train
+    ckpt = checkpoint.Checkpointer(workdir, every=t.checkpoint_every, max_to_keep=t.max_checkpoints)
+    ckpt.check_writable()
+    data = data_lib.load_data(config, workdir=workdir)
     mesh = mesh_lib.make_mesh(config.mesh)
     rules = sharding.validate_rules(config.mesh.rules, config.mesh.axes)
     spec = model_lib.build_spec(config)
     model = model_lib.Transformer(spec)
     tx = optimizer.make_optimizer(config.train)
     schedule = optimizer.learning_rate_schedule(config.train)
-    t = config.train
     batch_size, seq_len = config.data.batch_size, config.data.seq_len
     flops_per_token = metrics.train_flops_per_token(spec, seq_len)
     peak = t.peak_flops or metrics.measure_peak_flops()
+    multihost = jax.process_count() > 1
 
     with sharding.use_mesh(mesh, rules):
         batch_sharding = sharding.named_sharding(mesh, ("batch", "length"), rules)
@@ -125,18 +176,26 @@ def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> 
         abstract, shardings = state_lib.state_shardings(
             model, tx, mesh, rules, batch_size=batch_size, seq_len=seq_len
         )
-        data = data_lib.load_data(config, workdir=workdir)
         m = data.manifest
         log(
             f"data: {config.data.corpus} corpus, {m['train_documents']} train / "
             f"{m['eval_documents']} eval documents, {m['train_tokens']:,} train tokens "
             f"(manifest in {workdir}/data_manifest.json)"
+            + (
+                f"; skipped {m['malformed_lines']} malformed line(s), first: "
+                + ", ".join(m["malformed_examples"])
+                if m.get("malformed_lines")
+                else ""
+            )
         )
         data_iterator = data.train_iterator()
-        ckpt = checkpoint.Checkpointer(
-            workdir, every=t.checkpoint_every, max_to_keep=t.max_checkpoints
+        monitor = health.Health(
+            policy=t.nonfinite,
+            spike_factor=t.spike_factor,
+            spike_decay=t.spike_decay,
+            param_names=health.param_paths(abstract.params),
         )
-        start, state = ckpt.restore_latest(abstract, data_iterator)
+        start, state, saved_health = ckpt.restore_latest(abstract, data_iterator)
         if state is None:
             start = 0
             if hf_params is None:
@@ -148,6 +207,8 @@ def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> 
                 state = state_lib.state_from_params(hf_params, tx, abstract, shardings)
                 log(f"mesh {mesh_lib.describe(mesh)}; starting from {config.model.hf_path}")
         else:
+            if saved_health is not None:
+                monitor.load(saved_health)
             log(f"mesh {mesh_lib.describe(mesh)}; resumed from step {start} in {workdir}")
         writer = metrics.MetricWriter(workdir, resume_step=start)
         train_step = step_lib.jit_train_step(
@@ -168,45 +229,61 @@ def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> 
             )
 
         last: dict = {"step": start}
+        pending: list = []  # (step, metrics still on device) since the last review
         window_start, window_tokens = time.perf_counter(), 0.0
-        with _StopFlag() as stop:
-            step = start
-            while step < t.num_steps:
-                local = next(data_iterator)
-                state, step_metrics = train_step(state, to_device(local))
-                step += 1
-                window_tokens += local["inputs"].size * jax.process_count()
-                due_eval = t.eval_every and (step % t.eval_every == 0 or step == t.num_steps)
-                if step % t.log_every == 0 or step == t.num_steps or due_eval:
-                    loss = float(step_metrics["loss"])  # waits for the step
-                    if not np.isfinite(loss):
-                        ckpt.wait()
-                        raise FloatingPointError(f"loss is {loss} at step {step}; stopping")
-                    elapsed = time.perf_counter() - window_start
-                    tokens_per_sec = window_tokens / elapsed
-                    last = {
-                        "step": step,
-                        "loss": loss,
-                        "grad_norm": float(step_metrics["grad_norm"]),
-                        "lr": float(schedule(step - 1)),
-                        "tokens_per_sec": tokens_per_sec,
-                        "mfu": tokens_per_sec * flops_per_token / peak,
-                    }
-                    if due_eval:
-                        last["eval_loss"] = evaluate(eval_fn, state.params, eval_batches, to_device)
-                    writer.write(step, {k: v for k, v in last.items() if k != "step"})
-                    log(
-                        f"step {step}/{t.num_steps} | loss {loss:.4f}"
-                        + (f" | eval {last['eval_loss']:.4f}" if due_eval else "")
-                        + f" | {tokens_per_sec:,.0f} tok/s | mfu {last['mfu']:.2f}"
-                        + f" | lr {last['lr']:.2e}"
-                    )
-                    window_start, window_tokens = time.perf_counter(), 0.0
-                ckpt.save(step, state, data_iterator, force=step == t.num_steps)
-                if stop.signal or (stop_after is not None and step - start >= stop_after):
-                    ckpt.save(step, state, data_iterator, force=True)
-                    log(f"{stop.signal or 'stop_after'}: saved step {step}, exiting")
-                    break
+        try:
+            with _StopFlag(enabled=not multihost) as stop:
+                step = start
+                while step < t.num_steps:
+                    local = next(data_iterator)
+                    state, step_metrics = train_step(state, to_device(local))
+                    step += 1
+                    pending.append((step, step_metrics))
+                    window_tokens += local["inputs"].size * jax.process_count()
+                    if multihost:  # every host calls this every step; all agree on when to stop
+                        preempted = multihost_utils.reached_preemption_sync_point(step)
+                    else:
+                        preempted = stop.signal is not None
+                    stopping = preempted or (stop_after is not None and step - start >= stop_after)
+                    final = step == t.num_steps or stopping
+                    due_eval = t.eval_every and (step % t.eval_every == 0 or step == t.num_steps)
+                    due_log = step % t.log_every == 0 or step == t.num_steps or due_eval
+                    due_save = final or step % t.checkpoint_every == 0
+                    if due_log or due_save:  # reviewed before any save: no checkpoint past a stop
+                        records = _review(
+                            pending, monitor, schedule, log, step if due_log else None
+                        )
+                        for s, record in records:
+                            if s == step and due_log:
+                                elapsed = time.perf_counter() - window_start
+                                record["tokens_per_sec"] = window_tokens / elapsed
+                                record["mfu"] = record["tokens_per_sec"] * flops_per_token / peak
+                                if due_eval:
+                                    record["eval_loss"] = evaluate(
+                                        eval_fn, state.params, eval_batches, to_device
+                                    )
+                                last = {"step": s, **record}
+                                log(
+                                    f"step {s}/{t.num_steps} | loss {record['loss']:.4f}"
+                                    + (f" | eval {record['eval_loss']:.4f}" if due_eval else "")
+                                    + f" | {record['tokens_per_sec']:,.0f} tok/s"
+                                    + f" | mfu {record['mfu']:.2f} | lr {record['lr']:.2e}"
+                                    + (f" | skipped {monitor.skipped}" if monitor.skipped else "")
+                                )
+                                window_start, window_tokens = time.perf_counter(), 0.0
+                            writer.write(s, record)
+                    if due_save:  # the loop decides (orbax alone would also save step 1 unreviewed)
+                        ckpt.save(step, state, data_iterator, health=monitor.state(), force=True)
+                    if stopping:
+                        reason = "preemption" if multihost else stop.signal or "stop_after"
+                        log(f"{reason}: saved step {step}, exiting")
+                        break
+        except BaseException:
+            # Let the saves already started (all of finite, reviewed states) finish first.
+            with contextlib.suppress(Exception):
+                ckpt.close()
+            writer.close()
+            raise
         ckpt.close()
         writer.close()
     last["state"] = state

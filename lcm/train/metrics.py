@@ -10,6 +10,7 @@ on a laptop CPU and on an accelerator.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import time
 
@@ -46,8 +47,9 @@ class MetricWriter:
     """Appends one JSON object per logged step to ``metrics.jsonl`` and mirrors to TensorBoard.
 
     Only process 0 writes. On resume at step ``k`` the JSONL lines after ``k`` (written by the
-    interrupted run after its last checkpoint) are dropped, so the file always holds exactly one
-    record per logged step of the run that produced the checkpoint history.
+    interrupted run after its last checkpoint) are dropped, as are lines torn by a kill mid-write,
+    so the file always holds exactly one record per logged step of the run that produced the
+    checkpoint history.
     """
 
     def __init__(self, workdir: str | pathlib.Path, *, resume_step: int | None = None):
@@ -65,7 +67,10 @@ class MetricWriter:
                     continue  # a line torn by a kill mid-write
                 if resume_step is not None and record.get("step", 0) <= resume_step:
                     keep.append(line)
-            self.path.write_text("".join(f"{line}\n" for line in keep))
+            # Atomic: a kill during this rewrite leaves the old file or the new one, never less.
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(f"{line}\n" for line in keep))
+            os.replace(tmp, self.path)
         self.tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
 
     def write(self, step: int, metrics: dict) -> None:

@@ -4,7 +4,9 @@ The loss is next-token cross-entropy in float32 averaged over ``loss_mask`` toke
 document-boundary targets masked by the data pipeline), plus an optional z-loss
 ``z_loss * logsumexp(logits)^2`` (PaLM, Chowdhery et al. 2022) that keeps the softmax normalizer
 near 1. Gradient accumulation splits the global batch into ``grad_accum_steps`` micro-batches
-scanned inside one step, so one step is always one optimizer update on the same tokens.
+scanned inside one step, so one step is always one optimizer update on the same tokens. A step
+whose loss or gradients are not finite applies no update (``lcm.train.health``) and says so in
+its metrics (``finite``, and ``leaf_finite`` per parameter).
 
 ``jax.jit`` appears here (and in eval) only, with explicit in/out shardings and the state
 donated.
@@ -18,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lcm.train import health
 from lcm.train.state import TrainState
 
 BATCH_KEYS = ("inputs", "targets", "positions", "segment_ids", "loss_mask")
@@ -67,12 +70,19 @@ def make_train_step(
         # The summed loss is normalized once, over all tokens of the global batch.
         denom = jnp.maximum(tokens, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
+        loss = nll / denom
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        # A non-finite step keeps the previous params and optimizer state (lcm.train.health).
+        (params, opt_state), finite, leaf_finite, grad_norm = health.finite_update(
+            loss, grads, (params, opt_state), (state.params, state.opt_state)
+        )
         metrics = {
-            "loss": nll / denom,
-            "grad_norm": optax.tree.norm(grads),
+            "loss": loss,
+            "grad_norm": grad_norm,
             "tokens": tokens,
+            "finite": finite,
+            "leaf_finite": leaf_finite,
         }
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

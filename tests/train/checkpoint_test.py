@@ -30,8 +30,10 @@ def test_save_restore_state_and_data_position(tmp_path):
     ckpt.close()
 
     fresh = _iterator()
-    step, state = Checkpointer(tmp_path, every=1, max_to_keep=5).restore_latest(_abstract(), fresh)
-    assert step == 2
+    step, state, health = Checkpointer(tmp_path, every=1, max_to_keep=5).restore_latest(
+        _abstract(), fresh
+    )
+    assert step == 2 and health is None
     np.testing.assert_array_equal(state["w"], np.full((4, 3), 2.0))
     assert [next(fresh) for _ in range(3)] == expected_next
 
@@ -48,7 +50,7 @@ def test_corrupt_latest_falls_back_with_warning(tmp_path, caplog):
         if f.is_file() and "ocdbt" not in f.name and f.stat().st_size > 0:
             f.write_bytes(b"")
     with caplog.at_level(logging.WARNING):
-        step, state = Checkpointer(tmp_path, every=1, max_to_keep=5).restore_latest(
+        step, state, _ = Checkpointer(tmp_path, every=1, max_to_keep=5).restore_latest(
             _abstract(), _iterator()
         )
     assert step == 2
@@ -59,7 +61,7 @@ def test_corrupt_latest_falls_back_with_warning(tmp_path, caplog):
 def test_empty_workdir_restores_nothing(tmp_path):
     assert Checkpointer(tmp_path, every=1, max_to_keep=2).restore_latest(
         _abstract(), _iterator()
-    ) == (None, None)
+    ) == (None, None, None)
 
 
 def test_restore_latest_state_skips_data_and_corrupt_steps(tmp_path, caplog):
