@@ -9,6 +9,7 @@ import sys
 import pytest
 
 WORKER = pathlib.Path(__file__).with_name("_ring_worker.py")
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -21,6 +22,7 @@ def _free_port() -> int:
 def test_two_process_ring_matches_single_process_reference():
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = str(REPO_ROOT)  # this checkout's lcm, whatever the venv has installed
     procs = [
         subprocess.Popen(
             [sys.executable, str(WORKER), str(i), str(port)],
