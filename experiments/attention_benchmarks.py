@@ -180,10 +180,13 @@ def _plots(table: list[dict], out: pathlib.Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (time_ax, mem_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (time_ax, mem_ax) = plt.subplots(1, 2, figsize=(12, 6))
     series: dict = {}
     for row in table:
-        label = f"{row['impl']} [{row['variant']}]"
+        source = row["source"].split(" ")[0] + (
+            " (earlier)" if "committed" in row["source"] else ""
+        )
+        label = f"{source}: {row['impl']} [{row['variant']}]"
         if row["T"] is not None and (row["fwd_bwd_s"] is not None or row["mem_gib"] is not None):
             series.setdefault(label, []).append(row)
     for i, (label, points) in enumerate(sorted(series.items())):
@@ -208,8 +211,8 @@ def _plots(table: list[dict], out: pathlib.Path) -> list[str]:
         if lab not in labels
     ]
     fig.legend(handles + [h for h, _ in more], labels + [lab for _, lab in more],
-               fontsize=6, loc="lower center", ncol=3)  # fmt: skip
-    fig.tight_layout(rect=(0, 0.22, 1, 1))
+               fontsize=6, loc="lower center", ncol=2)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.3, 1, 1))
     fig.savefig(out / "attention_benchmarks.png", dpi=110)
     plt.close(fig)
     return ["attention_benchmarks.png"]

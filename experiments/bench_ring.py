@@ -36,17 +36,20 @@ N, H = 8, 64
 def fns(impl, block):
     """Jitted ``(fwd, fwd_bwd)`` of causal attention with ``impl``; ``fwd_bwd`` returns dq, dk, dv.
 
+    Arguments are ``(q, k, v, pos)`` or ``(q, k, v, pos, segment_ids)``. Pass segment ids (as
+    training does) when compiling long sequences: without them the implementation's all-ones
+    segment ids are constants that XLA folds at compile time, which takes minutes at long T.
     Ring runs over the mesh in context (``sharding.use_mesh``).
     """
 
-    def fwd(q, k, v, pos):
+    def fwd(q, k, v, pos, seg=None):
         return attention.attend(
             q, k, v, mask=attention.Causal(), impl=impl, q_pos=pos, k_pos=pos,
-            block_q=block, block_kv=block,
+            q_segment_ids=seg, kv_segment_ids=seg, block_q=block, block_kv=block,
         )  # fmt: skip
 
-    def fwd_bwd(q, k, v, pos):
-        return jax.grad(lambda q, k, v: fwd(q, k, v, pos).sum(), argnums=(0, 1, 2))(q, k, v)
+    def fwd_bwd(q, k, v, *rows):
+        return jax.grad(lambda q, k, v: fwd(q, k, v, *rows).sum(), argnums=(0, 1, 2))(q, k, v)
 
     return jax.jit(fwd), jax.jit(fwd_bwd)
 
@@ -62,12 +65,13 @@ def median_time(fn, args, reps):
     return statistics.median(times)
 
 
-def inputs(t, layout, shards):
-    """Random q, k, v ``[1, t, N, H]`` float32 and positions ``[1, t]``, in ``layout`` order."""
+def inputs(t, layout, shards, segments=False):
+    """Random q, k, v ``[1, t, N, H]`` float32 and positions ``[1, t]`` (and all-ones segment
+    ids when ``segments``), in ``layout`` order."""
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((1, t, N, H), dtype=np.float32) for _ in range(3))
-    pos = np.arange(t, dtype=np.int32)[None]
-    return [ring.permute(x, layout, shards) for x in (q, k, v, pos)]
+    rows = [np.arange(t, dtype=np.int32)[None]] + [np.ones((1, t), np.int32)] * segments
+    return [ring.permute(x, layout, shards) for x in (q, k, v, *rows)]
 
 
 def per_device_bytes(fn, args) -> int:
