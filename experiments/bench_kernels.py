@@ -21,8 +21,13 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import pathlib
 import statistics
+import sys
 import time
+
+# This checkout's kernels_pallas, not whichever one is installed.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import jax
 import jax.numpy as jnp

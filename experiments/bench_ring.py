@@ -14,8 +14,13 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import argparse
 import json
+import pathlib
 import statistics
+import sys
 import time
+
+# This checkout's lcm, not whichever one is installed.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import jax
 import numpy as np
@@ -28,20 +33,29 @@ from lcm.parallel import sharding
 N, H = 8, 64
 
 
-def _fns(impl, block):
-    def fwd(q, k, v, pos):
+def fns(impl, block):
+    """Jitted ``(fwd, fwd_bwd)`` of causal attention with ``impl``; ``fwd_bwd`` returns dq, dk, dv.
+
+    Arguments are ``(q, k, v, pos)`` or ``(q, k, v, pos, segment_ids)``. Pass segment ids (as
+    training does) when compiling long sequences: without them the implementation's all-ones
+    segment ids are constants that XLA folds at compile time, which takes minutes at long T.
+    Ring runs over the mesh in context (``sharding.use_mesh``).
+    """
+
+    def fwd(q, k, v, pos, seg=None):
         return attention.attend(
             q, k, v, mask=attention.Causal(), impl=impl, q_pos=pos, k_pos=pos,
-            block_q=block, block_kv=block,
+            q_segment_ids=seg, kv_segment_ids=seg, block_q=block, block_kv=block,
         )  # fmt: skip
 
-    def fwd_bwd(q, k, v, pos):
-        return jax.grad(lambda q, k, v: fwd(q, k, v, pos).sum(), argnums=(0, 1, 2))(q, k, v)
+    def fwd_bwd(q, k, v, *rows):
+        return jax.grad(lambda q, k, v: fwd(q, k, v, *rows).sum(), argnums=(0, 1, 2))(q, k, v)
 
     return jax.jit(fwd), jax.jit(fwd_bwd)
 
 
-def _median_time(fn, args, reps):
+def median_time(fn, args, reps):
+    """Median wall seconds of ``fn(*args)`` over ``reps`` runs after one compiling run."""
     jax.block_until_ready(fn(*args))  # compile
     times = []
     for _ in range(reps):
@@ -51,14 +65,17 @@ def _median_time(fn, args, reps):
     return statistics.median(times)
 
 
-def _inputs(t, layout, shards):
+def inputs(t, layout, shards, segments=False):
+    """Random q, k, v ``[1, t, N, H]`` float32 and positions ``[1, t]`` (and all-ones segment
+    ids when ``segments``), in ``layout`` order."""
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((1, t, N, H), dtype=np.float32) for _ in range(3))
-    pos = np.arange(t, dtype=np.int32)[None]
-    return [ring.permute(x, layout, shards) for x in (q, k, v, pos)]
+    rows = [np.arange(t, dtype=np.int32)[None]] + [np.ones((1, t), np.int32)] * segments
+    return [ring.permute(x, layout, shards) for x in (q, k, v, *rows)]
 
 
-def _per_device_bytes(fn, args) -> int:
+def per_device_bytes(fn, args) -> int:
+    """Bytes XLA reserves per device for the compiled ``fn``: arguments + outputs + temporaries."""
     m = fn.lower(*args).compile().memory_analysis()
     return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
 
@@ -75,23 +92,23 @@ def main():
     )
     common = {"B": 1, "N": N, "H": H, "dtype": "float32", "mask": "causal", "block": args.block}
     with sharding.use_mesh(mesh):
-        fwd, fwd_bwd = _fns("ring", args.block)
+        fwd, fwd_bwd = fns("ring", args.block)
         for layout in ring.LAYOUTS:
-            inputs = _inputs(args.seq, layout, 8)
+            xs = inputs(args.seq, layout, 8)
             record = {"impl": "ring", "devices": 8, "layout": layout, "T": args.seq, **common}
-            record["fwd_s"] = _median_time(fwd, inputs, args.reps)
-            record["fwd_bwd_s"] = _median_time(fwd_bwd, inputs, args.reps)
+            record["fwd_s"] = median_time(fwd, xs, args.reps)
+            record["fwd_bwd_s"] = median_time(fwd_bwd, xs, args.reps)
             record["load"] = os.getloadavg()[0]
             print(json.dumps(record), flush=True)
-        big = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in _inputs(args.mem_seq, "zigzag", 8)]
-        ring_bytes = _per_device_bytes(fwd_bwd, big)
+        big = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in inputs(args.mem_seq, "zigzag", 8)]
+        ring_bytes = per_device_bytes(fwd_bwd, big)
     one = mesh_lib.make_mesh(
         {"axes": mesh_lib.MESH_AXES, "shape": (1, 1, 1, 1), "axis_types": "auto"},
         devices=jax.devices()[:1],
     )
     with sharding.use_mesh(one):
-        _, single = _fns("blockwise", args.block)
-        single_bytes = _per_device_bytes(single, big)
+        _, single = fns("blockwise", args.block)
+        single_bytes = per_device_bytes(single, big)
     print(
         json.dumps(
             {
