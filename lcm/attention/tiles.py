@@ -96,8 +96,11 @@ def visit_lists(classes: jax.Array) -> VisitLists:
     partial = visited & ~full
 
     def front(selected):
-        # Stable sort puts the selected key blocks first, in increasing order.
-        idx = jnp.argsort(~selected, axis=-1, stable=True).astype(jnp.int32)
+        # Stable sort puts the selected key blocks first, in increasing order. The key is int32,
+        # not bool: XLA:CPU (jax 0.10) fails to compile a fused bool `a & ~b` feeding the sort
+        # for [8, 8] tiles inside ring attention's backward ("Cannot select ... and_not_fusion").
+        key = jnp.where(selected, 0, 1).astype(jnp.int32)
+        idx = jnp.argsort(key, axis=-1, stable=True).astype(jnp.int32)
         return idx, selected.sum(-1, dtype=jnp.int32)
 
     full_idx, full_count = front(full)
