@@ -188,3 +188,54 @@ class _Hook:
 
     def __call__(self, q, k, q_pos, k_pos, *, scale):
         raise AssertionError("never called")
+
+
+def _lower_for_tpu(fn, *args):
+    """HLO of ``fn`` and of its gradient lowered for a TPU target (no TPU needed; see
+    tests/kernels_pallas/lowering_test.py): catches kernel code Mosaic cannot express."""
+    from jax._src.mesh import AbstractDevice
+    from jax.sharding import AbstractMesh
+
+    tpu = AbstractMesh(
+        (1,), ("x",), abstract_device=AbstractDevice("TPU v5 lite", num_cores=1, platform="tpu")
+    )
+
+    def loss(*a):
+        return jax.numpy.sum(fn(*a).astype(jax.numpy.float32))
+
+    with jax.sharding.use_abstract_mesh(tpu):
+        fwd = jax.jit(fn).trace(*args).lower(lowering_platforms=("tpu",)).as_text()
+        grad = jax.jit(jax.grad(loss, (0, 1, 2))).trace(*args).lower(lowering_platforms=("tpu",))
+    return fwd, grad.as_text()
+
+
+def _abstract(b, t, s, n, kh, h):
+    q = jax.ShapeDtypeStruct((b, t, n, h), jax.numpy.bfloat16)
+    kv = jax.ShapeDtypeStruct((b, s, kh, h), jax.numpy.bfloat16)
+    return q, kv, kv
+
+
+def test_mask_lists_and_sparse_slots_lower_for_tpu():
+    """The adapter's lists (both ``lax.cond`` branches) with an lcm mask evaluated inside the
+    kernel, and MoBA's gathered slots, lower to Mosaic custom calls."""
+    from lcm.attention.sparse import moba
+
+    pos = jax.numpy.broadcast_to(jax.numpy.arange(2048, dtype=jax.numpy.int32), (1, 2048))
+
+    def window(q, k, v):
+        return attention.attend(
+            q, k, v, mask=STREAMING, impl="pallas", q_pos=pos, k_pos=pos, block_q=256,
+            block_kv=512, interpret=False,
+        )  # fmt: skip
+
+    fwd, grad = _lower_for_tpu(window, *_abstract(1, 2048, 2048, 4, 2, 128))
+    assert fwd.count("tpu_custom_call") == 2 and grad.count("tpu_custom_call") == 6
+
+    def moba_fn(q, k, v):
+        return moba.moba_attention(
+            q, k, v, block_size=512, top_k=2, q_pos=pos, k_pos=pos, kernel="pallas",
+            interpret=False,
+        )  # fmt: skip
+
+    fwd, grad = _lower_for_tpu(moba_fn, *_abstract(1, 2048, 2048, 4, 2, 128))
+    assert fwd.count("tpu_custom_call") == 1 and grad.count("tpu_custom_call") == 3
