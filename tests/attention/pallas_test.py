@@ -126,6 +126,7 @@ def test_permuted_positions_take_the_full_width_lists():
     _check(jax.jit(_fn("pallas", WINDOW, block_q=32, block_kv=128)), q, k, v, pos, seg, WINDOW)
 
 
+@pytest.mark.slow  # sparse/kernel_test.py decodes through this adapter in the fast suite
 def test_decode_queries_offset_into_a_longer_kv():
     """Chunked prefill / decoding: 8 queries at the last positions of a 256-key row."""
     q, k, v, pos, seg = _inputs(t=256, h=8)
