@@ -144,6 +144,10 @@ def test_sparse_kernel_reaches_each_method(impl):
             dict(impl="nsa", sparse_kernel="pallas"),
             "nsa_slc_block = 64: must be a multiple of 128",
         ),
+        (
+            dict(impl="sink_window", sparse_kernel="pallas", block_kv=64),
+            "block_kv = 64: must be a multiple of 128 (or >= seq_len) for the Pallas kernel",
+        ),
     ],
 )
 def test_sparse_kernel_is_validated(attention, message):
