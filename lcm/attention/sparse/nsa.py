@@ -38,6 +38,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from lcm.attention import blockwise, core, pallas
@@ -227,10 +228,10 @@ def nsa_reference(params, x, q, k, v, *, settings: NSASettings, q_pos, k_pos,
     ls = settings.slc_block
     ns = -(-s // ls)
     nc = kc.shape[1]
-    cover = jnp.zeros((nc, ns))
-    for i in range(nc):  # compressed block i covers tokens [i*d, i*d + l)
-        toks = jnp.arange(i * settings.cmp_stride, i * settings.cmp_stride + settings.cmp_block)
-        cover = cover.at[i, jnp.unique(toks // ls)].set(1.0)
+    # Compressed block i covers tokens [i*d, i*d + l); static, so numpy (keeps this jittable).
+    toks = np.arange(nc)[:, None] * settings.cmp_stride + np.arange(settings.cmp_block)
+    cover = np.zeros((nc, ns), np.float32)
+    cover[np.repeat(np.arange(nc), settings.cmp_block), (toks // ls).reshape(-1)] = 1.0
     score = jnp.einsum("bntm,mj->btnj", lax.stop_gradient(p_cmp), cover, precision=_HIGHEST)
     score = score.reshape(b, t, kh, g, ns).sum(3)
     own = (jnp.arange(t) // ls)[:, None]
