@@ -97,6 +97,7 @@ def get_config() -> ConfigDict:
     config.model.attention.hsa_weighting = "softmax"  # hsa chunk mixing: softmax | stick_breaking
     config.model.attention.sink = 4  # sink_window: first positions every query sees
     config.model.attention.recent = 2048  # sink_window: most recent keys seen, query included
+    config.model.attention.sparse_kernel = "blockwise"  # sparse blocks on: blockwise | pallas
     config.model.attention.sparse_dense_last = 0  # last layers that use sparse_dense_impl (MoBA: 3)
     config.model.attention.sparse_dense_impl = "blockwise"  # the attention of those last layers
     config.model.attention.nsa_cmp_block = 32  # nsa: compression block length l

@@ -214,8 +214,10 @@ def _check_model(c: _Checker) -> None:
     c.one_of(a + "ring_axis", mesh_lib.MESH_AXES)
     c.one_of(a + "ring_layout", ring_lib.LAYOUTS)
     c.one_of(a + "ring_inner", tuple(ring_lib.INNER))
-    uses_kernel = c.get(a + "impl") == "pallas" or (
-        c.get(a + "impl") == "ring" and c.get(a + "ring_inner") == "pallas"
+    uses_kernel = (
+        c.get(a + "impl") == "pallas"
+        or (c.get(a + "impl") == "ring" and c.get(a + "ring_inner") == "pallas")
+        or (c.get(a + "impl") == "sink_window" and c.get(a + "sparse_kernel") == "pallas")
     )
     if uses_kernel and _is_positive_int(c.get("seq_len")):
         # The kernel's TPU tiling: kv blocks span whole 128-lane vregs, q blocks 8 sublanes.
@@ -245,6 +247,20 @@ def _check_model(c: _Checker) -> None:
             f"must be below model.num_layers = {n_layers}",
         )
     c.one_of(a + "sparse_dense_impl", tuple(ATTENTION.names()))
+    c.one_of(a + "sparse_kernel", sparse_lib.kernel_slots.KERNELS)
+    if c.get(a + "sparse_kernel") == "pallas" and _is_positive_int(c.get("seq_len")):
+        # The block-sparse kernel's kv blocks span whole 128-lane vregs (or all keys).
+        # (sink_window's block_q / block_kv are checked with the other kernel users above.)
+        key = {"moba": "sparse_block", "hsa": "sparse_block", "nsa": "nsa_slc_block"}.get(
+            c.get(a + "impl")
+        )
+        block = c.get(a + key) if key else None
+        if _is_positive_int(block) and block % 128 and block < c.get("seq_len"):
+            c.fail(
+                a + key,
+                f"must be a multiple of 128 (or >= seq_len) for model.attention.sparse_kernel "
+                f"= 'pallas' with model.attention.impl = {c.get(a + 'impl')!r}",
+            )
     nsa_keys = ("cmp_block", "cmp_stride", "slc_block", "top_n", "window")
     c.positive_int(*(a + "nsa_" + key for key in nsa_keys))
     for key in ("nsa_init_blocks", "nsa_local_blocks"):

@@ -10,8 +10,9 @@ al. 2025, arXiv 2502.13189; NSA, Yuan et al. 2025, arXiv 2502.11089) lower to th
 static masks (sliding window, chunked, sinks).
 
 Builders: ``block_lists_from_mask`` (host numpy, exact list widths, from a ``PositionalMask`` on
-contiguous positions) and ``block_lists_from_ids`` (jax, for selections made on device; widths
-are static upper bounds).
+contiguous positions), ``block_lists_from_ids`` (jax, for selections made on device; widths
+are static upper bounds) and ``block_lists_from_kinds`` (jax, from tile kinds classified on
+device, with caller-given static widths).
 """
 
 from __future__ import annotations
@@ -118,6 +119,14 @@ def block_lists_from_ids(kv_ids, kv_kinds, kv_counts, num_kv_blocks, block_q, bl
     one_hot = kv_ids[..., None] == jnp.arange(num_kv_blocks)  # [Bl, Kl, nq, W, nk]
     dense = jnp.max(jnp.where(one_hot, kinds[..., None], EMPTY), axis=-2)
     return _from_kinds(dense, block_q, block_kv, jnp, width, dense.shape[-2])
+
+
+def block_lists_from_kinds(kinds, block_q, block_kv, width, width_t) -> BlockLists:
+    """Lists from device-side tile kinds ``[Bl, Kl, nq, nk]`` (e.g. a mask classified on traced
+    positions); traceable. ``width`` / ``width_t`` are static list widths: rows with more
+    non-empty tiles than that are TRUNCATED, so callers must know a bound (or check the counts
+    and fall back to ``nk`` / ``nq``)."""
+    return _from_kinds(jnp.asarray(kinds, jnp.int32), block_q, block_kv, jnp, width, width_t)
 
 
 def dense_tile_kinds(lists: BlockLists) -> jax.Array:

@@ -73,7 +73,11 @@ def _fwd(q, k, v, tokens, lists, mask, scale, options):
 
 def _bwd(mask, scale, options, res, cotangents):
     q, k, v, tokens, lists, out, lse = res
-    d_out, d_lse = cotangents
+    dq, dk, dv = _backward(q, k, v, tokens, lists, out, lse, *cotangents, mask, scale, options)
+    return dq, dk, dv, None, None
+
+
+def _backward(q, k, v, tokens, lists, out, lse, d_out, d_lse, mask, scale, options):
     di = jnp.sum(out.astype(jnp.float32) * d_out.astype(jnp.float32), axis=-1) - d_lse
     d_out = d_out.astype(q.dtype)
     st = _static(mask, scale, lists, options)
@@ -81,7 +85,7 @@ def _bwd(mask, scale, options, res, cotangents):
     dq = engine.backward_dq(q, k, v, d_out, lse, di, tokens, rows, st)
     cols = list_schedule(lists.q_ids, lists.q_kinds, lists.q_counts)
     dk, dv = engine.backward_dkv(q, k, v, d_out, lse, di, tokens, cols, st)
-    return dq, dk, dv, None, None
+    return dq, dk, dv
 
 
 _block_sparse.defvjp(_fwd, _bwd)
@@ -104,6 +108,14 @@ def _check_lists(lists: BlockLists, b, kh, t, s):
             raise ValueError(
                 f"lists.{name}_ids: shape {ids.shape} must be [1 or B={b}, 1 or K={kh}, {rows}, W]"
             )
+
+
+def _check_mask(mask) -> None:
+    if not (hasattr(mask, "allows") and hasattr(mask, "is_full")):
+        raise ValueError(
+            f"mask = {mask!r}: must be a PositionalMask (or a hashable object with its "
+            "allows(q_pos, kv_pos) and is_full)"
+        )
 
 
 @functools.partial(
@@ -138,7 +150,9 @@ def block_sparse_attention(
       q_segment_ids, kv_segment_ids: optional ``[B, T]`` / ``[B, S]`` (both or neither).
       q_positions, kv_positions: optional ``[B, T]`` / ``[B, S]``, default ``arange``; the
         positions ``mask`` is evaluated on in partial tiles.
-      mask: static ``PositionalMask`` for partial tiles (causal / window / chunk / sink).
+      mask: static ``PositionalMask`` for partial tiles (causal / window / chunk / sink), or any
+        hashable object with the same ``allows(q_pos, kv_pos)`` (elementwise, operators only, so
+        it runs inside the kernel) and ``is_full``; adapters pass their own mask types this way.
       scale: softmax scale (default ``H ** -0.5``).
       return_lse: also return ``lse [B, N, T]`` f32 (``-inf`` for rows that see nothing).
       interpret: None (auto), False, True (generic interpreter) or ``pltpu.InterpretParams``.
@@ -150,10 +164,49 @@ def block_sparse_attention(
     b, _, kh, t, s, h = check_qkv(q, k, v)
     _check_lists(lists, b, kh, t, s)
     tokens = engine.make_tokens(b, t, s, q_segment_ids, kv_segment_ids, q_positions, kv_positions)
-    if not isinstance(mask, PositionalMask):
-        raise ValueError(f"mask = {mask!r}: must be a PositionalMask")
+    _check_mask(mask)
     if tile_probe is not None and resolve_interpret(interpret) is False:
         raise ValueError("tile_probe needs interpret mode (host callbacks do not run on TPU)")
     scale = float(h**-0.5 if scale is None else scale)
     out, lse = _block_sparse(q, k, v, tokens, lists, mask, scale, (interpret, tile_probe))
     return (out, lse) if return_lse else out
+
+
+@functools.partial(jax.jit, static_argnames=("mask", "scale", "interpret"))
+def block_sparse_attention_bwd(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    out: jax.Array,
+    lse: jax.Array,
+    d_out: jax.Array,
+    lists: BlockLists,
+    q_segment_ids: jax.Array | None = None,
+    kv_segment_ids: jax.Array | None = None,
+    q_positions: jax.Array | None = None,
+    kv_positions: jax.Array | None = None,
+    *,
+    d_lse: jax.Array | None = None,
+    mask: PositionalMask,
+    scale: float | None = None,
+    interpret=None,
+):
+    """The backward kernels alone (as ``flash.flash_attention_bwd``): with the *combined* ``out``
+    and ``lse`` of several attention calls (e.g. ring steps) and one shard's k, v and lists, the
+    shard's exact share of the gradients; with this call's own, the VJP of
+    ``block_sparse_attention``. Returns ``(dq, dk, dv)``."""
+    b, _, kh, t, s, h = check_qkv(q, k, v)
+    _check_lists(lists, b, kh, t, s)
+    tokens = engine.make_tokens(b, t, s, q_segment_ids, kv_segment_ids, q_positions, kv_positions)
+    _check_mask(mask)
+    if out.shape != q.shape or d_out.shape != q.shape or lse.shape != q.shape[:3]:
+        raise ValueError(
+            f"out, d_out must be [B,N,T,H] = {q.shape} and lse [B,N,T]; got {out.shape}, "
+            f"{d_out.shape}, {lse.shape}"
+        )
+    d_lse = jnp.zeros(lse.shape, jnp.float32) if d_lse is None else d_lse
+    scale = float(h**-0.5 if scale is None else scale)
+    return _backward(
+        q, k, v, tokens, lists, out, lse, d_out.astype(q.dtype), d_lse, mask, scale,
+        (interpret, None),
+    )  # fmt: skip

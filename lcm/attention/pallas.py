@@ -1,36 +1,127 @@
-"""``pallas``: the ``kernels_pallas`` flash kernel behind the ``attend`` front door.
+"""``pallas``: the ``kernels_pallas`` kernels behind the ``attend`` front door.
 
 The adapter owns what the kernels leave to callers: the layout transposes (``[B,T,N,H]`` here,
 ``[B,N,T,H]`` in the kernels), block sizes from config, padding lengths to whole blocks (padding
-gets segment id 0, which the kernel never attends), and the mapping from ``lcm`` masks to the
-kernel's causal flag. On TPU the kernel is compiled by Mosaic; elsewhere it runs in Pallas TPU
-interpret mode (chosen by the kernel from the backend), which is slow and meant for tests.
+gets segment id 0, which the kernels never attend), and the mapping from ``lcm`` masks to
+kernels. On TPU the kernels are compiled by Mosaic; elsewhere they run in Pallas TPU interpret
+mode (chosen by the kernels from the backend), which is slow and meant for tests.
 
-Masks: ``Causal()`` and ``Full()`` (flash kernel, masking on explicit positions). Windowed,
-chunked and sink masks lower to ``kernels_pallas.block_sparse`` through ``lcm.attention.sparse``;
-asking this implementation for them is an error naming the supported masks. Positional logits
-hooks cannot run inside the kernel (capability ``custom_logits=False``), so schemes such as
-ALiBi or SelfExtend are refused at model build time.
+Masks: ``Causal()`` and ``Full()`` run the flash kernel (masking on explicit positions). Every
+other mask (``SlidingWindow``, ``ChunkedCausal``, ``Sink`` and their ``&`` / ``|``
+combinations, with document masking from segment ids) runs the block-sparse kernel: tiles are
+classified on device from per-block position and segment ranges (``tiles.classify_tiles``, as
+``blockwise`` does), compacted into per-(batch, q block) kv block lists with PARTIAL / FULL
+flags, and partial tiles evaluate the mask's own ``visible`` inside the kernel.
+
+**Static list widths.** The kernels' grids need static list lengths, but positions are traced.
+``list_widths`` bounds them from the mask and the shapes alone, assuming positions are contiguous
+inside each block (true for plain rows, decoding against a cache, ring shards whose chunks are
+whole blocks): e.g. a window of ``w`` keys seen from ``block_q`` queries meets at most
+``ceil((block_q + w - 2) / block_kv) + 1`` kv blocks. The actual counts are checked on device,
+and if any row exceeds the bound (packed documents whose positions restart inside a block,
+permuted positions) a second, full-width call runs instead (``lax.cond``): results are always
+exact, only the fast path needs the assumption.
+
+Positional logits hooks cannot run inside the kernels (capability ``custom_logits=False``), so
+schemes such as ALiBi or SelfExtend are refused at model build time.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
+from jax import lax
+
+from kernels_pallas.block_sparse import (
+    block_lists_from_kinds,
+    block_sparse_attention,
+    block_sparse_attention_bwd,
+)
 from kernels_pallas.flash import BlockSizes, flash_attention, flash_attention_bwd
-from lcm.attention import core
+from lcm.attention import core, tiles
 from lcm.attention import masks as masks_lib
 
-SUPPORTED_MASKS = ("Causal()", "Full()")
+
+@dataclasses.dataclass(frozen=True)
+class KernelMask:
+    """An ``lcm`` mask in the kernels' mask protocol (``allows``, ``is_full``); hashable."""
+
+    mask: masks_lib.Mask
+
+    def allows(self, q_pos, k_pos):
+        return self.mask.visible(q_pos, k_pos)
+
+    @property
+    def is_full(self) -> bool:
+        return self.mask == masks_lib.Full()
 
 
-def _causal(mask: masks_lib.Mask) -> bool:
+def _flash_causal(mask: masks_lib.Mask) -> bool | None:
+    """True / False when the flash kernel serves ``mask`` (causal or not); None otherwise."""
     if mask == masks_lib.Causal():
         return True
     if mask == masks_lib.Full():
         return False
-    raise ValueError(
-        f"attention impl 'pallas' supports masks {', '.join(SUPPORTED_MASKS)}; got {mask!r} "
-        "(use impl 'blockwise', or the block-sparse path of lcm.attention.sparse)"
-    )
+    return None
+
+
+def _cover(span: int, block: int) -> int:
+    """Most blocks of ``block`` consecutive positions that ``span`` consecutive positions meet."""
+    return 0 if span <= 0 else -(-(span - 1) // block) + 1
+
+
+def _reach(mask: masks_lib.Mask, length: int, block: int, keys: bool) -> int | None:
+    """Most blocks (of ``block`` contiguous positions) on one side that ``length`` contiguous
+    positions on the other side see: kv blocks seen by queries (``keys``) or q blocks that see
+    keys. None when unbounded."""
+    if isinstance(mask, masks_lib.SlidingWindow):
+        return _cover(length + mask.left + mask.right, block)
+    if isinstance(mask, masks_lib.ChunkedCausal):
+        return _cover(length + mask.size - 1, block)
+    if isinstance(mask, masks_lib.Sink):
+        # Keys below n: with positions >= 0 and blocks in order they fill the first
+        # ceil(n / block) kv blocks. Every query sees them.
+        return -(-mask.n // block) if keys else (0 if mask.n == 0 else None)
+    if isinstance(mask, masks_lib.And | masks_lib.Or):
+        a, b = (_reach(x, length, block, keys) for x in (mask.a, mask.b))
+        if isinstance(mask, masks_lib.And):
+            return b if a is None else a if b is None else min(a, b)
+        return None if a is None or b is None else a + b
+    return None  # Causal, Full and masks this adapter knows nothing about
+
+
+def list_widths(mask: masks_lib.Mask, nq: int, nk: int, block_q: int, block_kv: int):
+    """Static widths ``(kv blocks per q block, q blocks per kv block)`` for contiguous
+    positions, capped at ``(nk, nq)``."""
+    w = _reach(mask, block_q, block_kv, keys=True)
+    wt = _reach(mask, block_kv, block_q, keys=False)
+    return min(nk if w is None else w, nk), min(nq if wt is None else wt, nq)
+
+
+def with_lists(mask, q_pos, k_pos, q_seg, kv_seg, block_q, block_kv, fn):
+    """``fn(lists)`` with block lists of ``mask`` on these (padded) positions and segments.
+
+    Runs ``fn`` on lists of the static widths of ``list_widths`` when every row fits, else on
+    full-width lists (``lax.cond``; both are traced).
+    """
+    q_ranges = tiles.block_ranges(q_pos, q_seg, block_q)
+    kv_ranges = tiles.block_ranges(k_pos, kv_seg, block_kv)
+    kinds = tiles.classify_tiles(mask, q_ranges, kv_ranges)[:, None]  # [B, 1, nq, nk]
+    nq, nk = kinds.shape[-2:]
+    w, wt = list_widths(mask, nq, nk, block_q, block_kv)
+
+    def run(widths):
+        return fn(block_lists_from_kinds(kinds, block_q, block_kv, *widths))
+
+    if (w, wt) == (nk, nq):
+        return run((nk, nq))
+    listed = kinds != masks_lib.EMPTY
+    fits = (listed.sum(-1).max() <= w) & (listed.sum(-2).max() <= wt)
+    return lax.cond(fits, lambda: run((w, wt)), lambda: run((nk, nq)))
+
+
+def _to_kernel(*xs):
+    return tuple(x.transpose(0, 2, 1, 3) for x in xs)
 
 
 @core.register(
@@ -61,71 +152,87 @@ def pallas_attention(
     block_kv: int = 512,
     interpret=None,
 ):
-    """Flash attention through the Pallas kernel; returns ``(out, lse or None)``.
+    """Pallas attention (flash or block-sparse kernel by mask); returns ``(out, lse or None)``.
 
     ``block_q`` / ``block_kv`` shrink to the (padded) lengths when those are shorter; otherwise
-    the kernel's rules apply (``block_kv`` a multiple of 128, ``block_q`` of 8) and its errors
-    name the offending dimension. ``interpret`` is passed to the kernel (None = automatic).
+    the kernels' rules apply (``block_kv`` a multiple of 128, ``block_q`` of 8) and their errors
+    name the offending dimension. ``T != S`` (decoding, chunked prefill) needs nothing special:
+    masks read positions. ``interpret`` is passed to the kernels (None = automatic).
     """
     del logits_fn  # refused by the capability check before we get here
-    causal = _causal(mask)
     t, s = q.shape[1], k.shape[1]
     cq, ck = min(block_q, t), min(block_kv, s)
     q_seg = core.segments_or_ones(q_segment_ids, q)
     kv_seg = core.segments_or_ones(kv_segment_ids, k)
     q, q_pos, q_seg = (core.pad_to_multiple(x, cq) for x in (q, q_pos, q_seg))
     k, v, k_pos, kv_seg = (core.pad_to_multiple(x, ck) for x in (k, v, k_pos, kv_seg))
-    out, lse = flash_attention(
-        q.transpose(0, 2, 1, 3),
-        k.transpose(0, 2, 1, 3),
-        v.transpose(0, 2, 1, 3),
-        q_seg,
-        kv_seg,
-        q_pos,
-        k_pos,
-        causal=causal,
-        scale=scale,
-        block_sizes=BlockSizes(block_q=cq, block_kv=ck),
-        return_lse=True,
-        interpret=interpret,
-    )
+    arrays = _to_kernel(q, k, v)
+    causal = _flash_causal(mask)
+    if causal is not None:
+        out, lse = flash_attention(
+            *arrays, q_seg, kv_seg, q_pos, k_pos, causal=causal, scale=scale,
+            block_sizes=BlockSizes(block_q=cq, block_kv=ck), return_lse=True,
+            interpret=interpret,
+        )  # fmt: skip
+    else:
+        out, lse = with_lists(
+            mask, q_pos, k_pos, q_seg, kv_seg, cq, ck,
+            lambda lists: block_sparse_attention(
+                *arrays, lists, q_seg, kv_seg, q_pos, k_pos, mask=KernelMask(mask), scale=scale,
+                return_lse=True, interpret=interpret,
+            ),
+        )  # fmt: skip
     out = out.transpose(0, 2, 1, 3)[:, :t]
     return out, (lse.transpose(0, 2, 1)[:, :t] if return_lse else None)
 
 
 def ring_tiles(*, mask, logits_fn, scale, block_q: int = 512, block_kv: int = 512):
-    """Tile functions for ``lcm.attention.ring`` on the flash kernel (same contract as
+    """Tile functions for ``lcm.attention.ring`` on the Pallas kernels (same contract as
     ``blockwise.ring_tiles``): the forward returns the shard's ``(out, lse)``, the backward runs
-    the dq/dkv kernels with the merged ``out``/``lse``, which gives the shard's exact share."""
+    the dq/dkv kernels with the merged ``out``/``lse``, which gives the shard's exact share.
+    Any mask ``pallas_attention`` takes; shard lengths must be multiples of the blocks (or
+    shorter than them)."""
     del logits_fn  # refused by ring_impl
-    causal = _causal(mask)
+    causal = _flash_causal(mask)
 
-    def kernel_args(q, k, v, q_pos, k_pos, q_seg, k_seg):
-        t, s = q.shape[1], k.shape[1]
-        blocks = BlockSizes(block_q=min(block_q, t), block_kv=min(block_kv, s))
-        arrays = (q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))
-        return arrays, (q_seg, k_seg, q_pos, k_pos), blocks
+    def sizes(q, k):
+        return min(block_q, q.shape[1]), min(block_kv, k.shape[1])
 
     def fwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg):
-        arrays, rows, blocks = kernel_args(q, k, v, q_pos, k_pos, q_seg, k_seg)
-        out, lse = flash_attention(
-            *arrays, *rows, causal=causal, scale=scale, block_sizes=blocks, return_lse=True
-        )
+        cq, ck = sizes(q, k)
+        arrays, rows = _to_kernel(q, k, v), (q_seg, k_seg, q_pos, k_pos)
+        if causal is not None:
+            out, lse = flash_attention(
+                *arrays, *rows, causal=causal, scale=scale, block_sizes=BlockSizes(cq, ck),
+                return_lse=True,
+            )  # fmt: skip
+        else:
+            out, lse = with_lists(
+                mask, q_pos, k_pos, q_seg, k_seg, cq, ck,
+                lambda lists: block_sparse_attention(
+                    *arrays, lists, *rows, mask=KernelMask(mask), scale=scale, return_lse=True
+                ),
+            )  # fmt: skip
         return out.transpose(0, 2, 1, 3), lse.transpose(0, 2, 1)
 
     def bwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg, out, lse, d_out, d_lse):
-        arrays, rows, blocks = kernel_args(q, k, v, q_pos, k_pos, q_seg, k_seg)
-        dq, dk, dv = flash_attention_bwd(
-            *arrays,
-            out.astype(q.dtype).transpose(0, 2, 1, 3),
-            lse.transpose(0, 2, 1),
-            d_out.astype(q.dtype).transpose(0, 2, 1, 3),
-            *rows,
-            d_lse=d_lse.transpose(0, 2, 1),
-            causal=causal,
-            scale=scale,
-            block_sizes=blocks,
-        )
-        return dq.transpose(0, 2, 1, 3), dk.transpose(0, 2, 1, 3), dv.transpose(0, 2, 1, 3)
+        cq, ck = sizes(q, k)
+        arrays, rows = _to_kernel(q, k, v), (q_seg, k_seg, q_pos, k_pos)
+        out, d_out = _to_kernel(out.astype(q.dtype), d_out.astype(q.dtype))
+        lse, d_lse = lse.transpose(0, 2, 1), d_lse.transpose(0, 2, 1)
+        if causal is not None:
+            grads = flash_attention_bwd(
+                *arrays, out, lse, d_out, *rows, d_lse=d_lse, causal=causal, scale=scale,
+                block_sizes=BlockSizes(cq, ck),
+            )  # fmt: skip
+        else:
+            grads = with_lists(
+                mask, q_pos, k_pos, q_seg, k_seg, cq, ck,
+                lambda lists: block_sparse_attention_bwd(
+                    *arrays, out, lse, d_out, lists, *rows, d_lse=d_lse, mask=KernelMask(mask),
+                    scale=scale,
+                ),
+            )  # fmt: skip
+        return tuple(g.transpose(0, 2, 1, 3) for g in grads)
 
     return fwd_tile, bwd_tile

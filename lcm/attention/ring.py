@@ -192,7 +192,7 @@ def ring_impl(
     true positions, so ``layout`` only sets the divisibility the layout needs (zigzag: 2n
     chunks). Sequence lengths must divide evenly over the ring; per-device lengths need not be
     multiples of the blocks (tiles pad). ``inner`` computes each step's tile: ``blockwise``
-    (plain JAX, any mask and logits hook) or ``pallas`` (flash kernel: Causal/Full, no hook).
+    (plain JAX, any mask and logits hook) or ``pallas`` (flash / block-sparse kernels, no hook).
     Returns ``(out, lse or None)``.
     """
     if inner not in INNER:

@@ -7,6 +7,7 @@ import pytest
 
 from kernels_pallas.block_sparse import (
     block_lists_from_ids,
+    block_lists_from_kinds,
     block_lists_from_mask,
     dense_tile_kinds,
     mask_tile_kinds,
@@ -97,3 +98,17 @@ def test_lists_from_ids_round_trip_and_transpose():
 def test_bad_block_sizes():
     with pytest.raises(ValueError, match="block_kv = 100 must divide the length 256"):
         block_lists_from_mask(PositionalMask(causal=True), 256, 256, 64, 100)
+
+
+def test_lists_from_device_kinds_round_trip_and_truncate_past_the_width():
+    rng = np.random.default_rng(4)
+    kinds = rng.choice([EMPTY, EMPTY, PARTIAL, FULL], (2, 1, 6, 5)).astype(np.int32)
+    widest = int((kinds != EMPTY).sum(-1).max())
+    widest_t = int((kinds != EMPTY).sum(-2).max())
+    lists = jax.jit(block_lists_from_kinds, static_argnums=(1, 2, 3, 4))(
+        jnp.asarray(kinds), 8, 128, widest, widest_t
+    )
+    np.testing.assert_array_equal(dense_tile_kinds(lists), kinds)
+    np.testing.assert_array_equal(lists.q_counts, (kinds != EMPTY).sum(-2))
+    narrow = block_lists_from_kinds(jnp.asarray(kinds), 8, 128, widest - 1, widest_t)
+    assert narrow.kv_ids.shape[-1] == widest - 1  # the caller's bound is the width, as documented

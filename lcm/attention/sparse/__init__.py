@@ -6,9 +6,14 @@ path, a dense reference for tests and the ``attend`` adapter. ``nsa`` (native sp
 has learned parameters, so it is not an ``attend`` implementation but a linen module
 (``nsa.NSA``) that the model uses in place of ``attend`` when the config names it
 (``MODULE_IMPLS``).
+
+``config.model.attention.sparse_kernel`` picks how ``moba``, ``hsa``, ``nsa`` (selection and
+window branches) and ``sink_window`` compute their blocks: ``blockwise`` (plain JAX) or ``pallas``
+(the ``kernels_pallas`` block-sparse kernel, via ``kernel_slots`` and the ``pallas`` adapter).
 """
 
 from lcm.attention.sparse import hsa as hsa
+from lcm.attention.sparse import kernel_slots as kernel_slots
 from lcm.attention.sparse import moba as moba
 from lcm.attention.sparse import nsa as nsa
 from lcm.attention.sparse import shifted as shifted
@@ -20,22 +25,24 @@ MODULE_IMPLS = ("nsa",)  # config attention impls that are linen modules, not ``
 def config_options(attention, impl: str) -> dict:
     """The ``attend`` options of sparse implementation ``impl`` from ``config.model.attention``.
 
-    Empty for other implementations. ``s2_attn`` and ``sink_window`` run ``blockwise`` and also
-    take its tile lengths.
+    Empty for other implementations. ``s2_attn`` and ``sink_window`` run tiled attention and also
+    take its tile lengths; ``moba``, ``hsa``, ``nsa`` and ``sink_window`` take ``sparse_kernel``.
     """
     tiles = dict(block_q=attention.block_q, block_kv=attention.block_kv)
+    kernel = attention.sparse_kernel
     if impl == "moba":
-        return dict(block_size=attention.sparse_block, top_k=attention.sparse_top_k)
+        return dict(block_size=attention.sparse_block, top_k=attention.sparse_top_k, kernel=kernel)
     if impl == "hsa":
         return dict(
             chunk_size=attention.sparse_block,
             top_k=attention.sparse_top_k,
             weighting=attention.hsa_weighting,
+            kernel=kernel,
         )
     if impl == "s2_attn":
         return dict(group_size=attention.sparse_block, **tiles)
     if impl == "sink_window":
-        return dict(sink=attention.sink, window=attention.recent, **tiles)
+        return dict(sink=attention.sink, window=attention.recent, kernel=kernel, **tiles)
     if impl == "nsa":
         return dict(
             cmp_block=attention.nsa_cmp_block,
@@ -45,5 +52,6 @@ def config_options(attention, impl: str) -> dict:
             init_blocks=attention.nsa_init_blocks,
             local_blocks=attention.nsa_local_blocks,
             window=attention.nsa_window,
+            kernel=kernel,
         )
     return {}

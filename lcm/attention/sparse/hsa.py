@@ -26,20 +26,21 @@ from jax import lax
 
 from lcm.attention import core
 from lcm.attention import masks as masks_lib
-from lcm.attention.sparse import gathered
+from lcm.attention.sparse import gathered, kernel_slots
 
 _F32 = jnp.float32
 _HIGHEST = lax.Precision.HIGHEST
 WEIGHTINGS = ("softmax", "stick_breaking")
 
 
-def _check(q, k, mask, chunk_size, top_k, weighting, query_tile, chunk):
+def _check(q, k, mask, chunk_size, top_k, weighting, query_tile, chunk, kernel):
     sizes = dict(chunk_size=chunk_size, top_k=top_k, query_tile=query_tile, chunk=chunk)
     for name, value in sizes.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"hsa {name} = {value!r}: must be a positive integer")
     if weighting not in WEIGHTINGS:
         raise ValueError(f"hsa weighting = {weighting!r}: allowed: {', '.join(WEIGHTINGS)}")
+    kernel_slots.check_kernel(kernel, "hsa")
     if q.shape[1] != k.shape[1]:
         raise ValueError(f"hsa is self-attention: q length {q.shape[1]} != k length {k.shape[1]}")
     if mask != masks_lib.Causal():
@@ -89,6 +90,8 @@ def hsa_attention(
     scale: float | None = None,
     query_tile: int = 256,
     chunk: int = 128,
+    kernel: str = "blockwise",
+    interpret=None,
 ):
     """HSA, ``q [B,T,N,H]``, ``k, v [B,T,K,H]`` -> ``[B,T,N,H]``.
 
@@ -98,9 +101,12 @@ def hsa_attention(
       weighting: ``softmax`` or ``stick_breaking``.
       scale: softmax scale inside chunks and for retrieval scores, default ``1 / sqrt(H)``.
       query_tile: queries selected together.
-      chunk: (query, chunk) pairs per dense product in ``gathered.slot_attention``.
+      chunk: (query, chunk) pairs per dense product in ``gathered.slot_attention`` (or per
+        kernel q block with ``kernel="pallas"``).
+      kernel: ``blockwise`` (plain JAX) or ``pallas`` (the block-sparse kernel through
+        ``kernel_slots``); interpret: its interpret mode (None = automatic).
     """
-    _check(q, k, masks_lib.Causal(), chunk_size, top_k, weighting, query_tile, chunk)
+    _check(q, k, masks_lib.Causal(), chunk_size, top_k, weighting, query_tile, chunk, kernel)
     scale = core.default_scale(q.shape[-1]) if scale is None else float(scale)
     q_seg = core.segments_or_ones(q_segment_ids, q)
     kv_seg = core.segments_or_ones(kv_segment_ids, k)
@@ -120,7 +126,7 @@ def hsa_attention(
     head = (jnp.arange(n) // (n // kh))[None, None, :, None]
     chosen = landmarks[jnp.arange(b)[:, None, None, None], ids, head]  # [B, T, N, M, H]
     scores = scale * jnp.einsum("btnh,btnmh->btnm", q.astype(_F32), chosen, precision=_HIGHEST)
-    out, _ = gathered.slot_attention(
+    out, _ = kernel_slots.pick(kernel, interpret)(
         q, k, v, ids, valid, block=chunk_size, q_pos=q_pos, k_pos=k_pos, q_seg=q_seg,
         kv_seg=kv_seg, scale=scale, chunk=chunk,
     )  # fmt: skip
@@ -216,13 +222,15 @@ def _hsa_impl(
     weighting: str = "softmax",
     query_tile: int = 256,
     chunk: int = 128,
+    kernel: str = "blockwise",
+    interpret=None,
 ):
-    """``attend(..., impl="hsa", chunk_size=, top_k=, weighting=)``; the mask must be causal."""
+    """``attend(..., impl="hsa", chunk_size=, top_k=, weighting=, kernel=)``; causal mask."""
     del logits_fn, return_lse  # refused by the capability check
-    _check(q, k, mask, chunk_size, top_k, weighting, query_tile, chunk)
+    _check(q, k, mask, chunk_size, top_k, weighting, query_tile, chunk, kernel)
     out = hsa_attention(
         q, k, v, chunk_size=chunk_size, top_k=top_k, q_pos=q_pos, k_pos=k_pos,
         weighting=weighting, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
-        scale=scale, query_tile=query_tile, chunk=chunk,
+        scale=scale, query_tile=query_tile, chunk=chunk, kernel=kernel, interpret=interpret,
     )  # fmt: skip
     return out, None

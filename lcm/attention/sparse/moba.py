@@ -14,11 +14,22 @@ block is gated ``+inf`` and later blocks ``-inf`` before ``topk(min(top_k, num_b
 * A trailing partial block's mean is over its real tokens only; it can only ever be a query's
   own block, since it is later than every other query.
 
-Blocks are index blocks of the row (self-attention, ``T == S``): token t is in block
-``t // block_size``. With one document per row this is the reference's per-sequence blocking;
-packed documents (segment ids) are kept apart by the segment mask but share the row's blocks,
-and a block's mean is over its non-padding tokens. Causality inside a block is read from
-positions, so positions must increase with the index inside each document (any packing does).
+Blocks are index blocks of the key row: key s is in block ``s // block_size``. With one
+document per row this is the reference's per-sequence blocking; packed documents (segment ids)
+are kept apart by the segment mask but share the row's blocks, and a block's mean is over its
+non-padding tokens. Causality inside a block is read from positions, so positions must increase
+with the index inside each document (any packing does).
+
+Self-attention (``T == S``): query t is key t, its own block is ``t // block_size``. Decoding
+and chunked prefill (``T != S``, queries against a longer key row such as a KV cache): the key
+row must be laid out by position (key s at position s, as a cache is; unwritten slots need
+segment id 0 or a position after every query), and query t is the key at index ``q_pos[t]``, so
+its own block is ``q_pos[t] // block_size``; then each query row equals the matching row of
+self-attention over the whole sequence.
+
+``kernel="pallas"`` computes the selected blocks with the Pallas block-sparse kernel
+(``kernel_slots``: queries gathered per key block, one kv block per chunk); ``"blockwise"``
+with ``gathered`` in plain JAX. Selection is the same code for both.
 """
 
 from __future__ import annotations
@@ -28,25 +39,33 @@ from jax import lax
 
 from lcm.attention import core
 from lcm.attention import masks as masks_lib
-from lcm.attention.sparse import gathered
+from lcm.attention.sparse import gathered, kernel_slots
 
 _F32 = jnp.float32
 _HIGHEST = lax.Precision.HIGHEST
 
 
-def _check(q, k, mask, block_size, top_k, query_tile, chunk):
+def _check(mask, block_size, top_k, query_tile, chunk, kernel):
     sizes = dict(block_size=block_size, top_k=top_k, query_tile=query_tile, chunk=chunk)
     for name, value in sizes.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"moba {name} = {value!r}: must be a positive integer")
-    if q.shape[1] != k.shape[1]:
-        raise ValueError(f"moba is self-attention: q length {q.shape[1]} != k length {k.shape[1]}")
+    kernel_slots.check_kernel(kernel, "moba")
     if mask != masks_lib.Causal():
         raise ValueError(f"moba mask = {mask!r}: must be Causal() (MoBA is causal)")
 
 
-def _select_tile(q, start, means, block_size, top_k):
-    """Slot ids ``[B,C,N,M]`` (own block first) and validity for queries ``start..start+C-1``.
+def query_index(q, k, q_pos):
+    """``[B, T]`` key index of each query: itself if ``T == S``, else its position."""
+    b, t = q.shape[:2]
+    if t == k.shape[1]:
+        return jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    return q_pos.astype(jnp.int32)
+
+
+def _select_tile(q, index, means, block_size, top_k):
+    """Slot ids ``[B,C,N,M]`` (own block first) and validity for queries at key indices
+    ``index [B,C]``.
 
     ``means [B,nb,K,H]`` are the gate keys; ``M = min(top_k, nb)``.
     """
@@ -58,30 +77,31 @@ def _select_tile(q, start, means, block_size, top_k):
         means,
         precision=_HIGHEST,
     ).reshape(b, c, n, nb)
-    own = jnp.minimum((start + jnp.arange(c)) // block_size, nb - 1).astype(jnp.int32)
-    own_ids = jnp.broadcast_to(own[None, :, None, None], (b, c, n, 1))
+    own = jnp.clip(index // block_size, 0, nb - 1).astype(jnp.int32)  # [B, C]
+    own_ids = jnp.broadcast_to(own[:, :, None, None], (b, c, n, 1))
     m = min(top_k, nb)
     if m == 1:
         return own_ids, jnp.ones(own_ids.shape, bool)
-    earlier = jnp.arange(nb)[None, :] < own[:, None]  # [C, nb]
-    gate = jnp.where(earlier[None, :, None, :], gate, -jnp.inf)
+    earlier = jnp.arange(nb) < own[..., None]  # [B, C, nb]
+    gate = jnp.where(earlier[:, :, None, :], gate, -jnp.inf)
     values, picks = lax.top_k(gate, m - 1)
     ids = jnp.concatenate([own_ids, picks.astype(jnp.int32)], -1)
     valid = jnp.concatenate([jnp.ones(own_ids.shape, bool), jnp.isfinite(values)], -1)
     return ids, valid
 
 
-def moba_selection(q, k, *, block_size, top_k, kv_segment_ids=None):
+def moba_selection(q, k, *, block_size, top_k, kv_segment_ids=None, q_pos=None):
     """The blocks each query head attends to: ``(ids [B,T,N,M] int32, valid [B,T,N,M] bool)``.
 
     Slot 0 is the query's own block; slots 1.. are the top earlier blocks in decreasing gate
     order (ties to the lower index); invalid slots (fewer earlier blocks than ``top_k - 1``) hold
-    arbitrary ids. ``M = min(top_k, ceil(S / block_size))``. For tests and inspection; the
-    attention computes the same selection tile by tile.
+    arbitrary ids. ``M = min(top_k, ceil(S / block_size))``. ``q_pos`` is needed only when
+    ``T != S``. For tests and inspection; the attention computes the same selection tile by tile.
     """
     kv_seg = core.segments_or_ones(kv_segment_ids, k)
     kb, _, _, ksb = gathered.key_blocks(k, k, kv_seg, kv_seg, block_size)
-    return _select_tile(q, 0, gathered.block_means(kb, ksb), block_size, top_k)
+    index = query_index(q, k, q_pos)
+    return _select_tile(q, index, gathered.block_means(kb, ksb), block_size, top_k)
 
 
 def moba_attention(
@@ -99,30 +119,38 @@ def moba_attention(
     query_tile: int = 256,
     chunk: int = 128,
     return_lse: bool = False,
+    kernel: str = "blockwise",
+    interpret=None,
 ):
-    """MoBA attention, ``q [B,T,N,H]``, ``k, v [B,T,K,H]`` -> ``[B,T,N,H]`` (and lse).
+    """MoBA attention, ``q [B,T,N,H]``, ``k, v [B,S,K,H]`` -> ``[B,T,N,H]`` (and lse).
 
     Args:
       block_size: MoBA block (chunk) length.
       top_k: blocks per query, own block included (the paper's 8K runs: 512 and 3).
-      q_pos, k_pos, q_segment_ids, kv_segment_ids: as ``core.attend``.
+      q_pos, k_pos, q_segment_ids, kv_segment_ids: as ``core.attend`` (``T != S``: see the
+        module docstring).
       scale: softmax scale, default ``1 / sqrt(H)``.
       query_tile: queries selected together (memory ~ query_tile * N * S / block_size).
-      chunk: (query, block) pairs per dense product in ``gathered.slot_attention``.
+      chunk: (query, block) pairs per dense product (``blockwise``) or per kernel q block
+        (``pallas``, a multiple of 8).
       return_lse: also return the log-sum-exp ``[B,T,N]``.
+      kernel: ``blockwise`` (plain JAX) or ``pallas`` (block-sparse kernel; ``block_size`` a
+        multiple of 128 unless one block covers the keys).
+      interpret: the Pallas kernel's interpret mode (None = automatic).
     """
-    _check(q, k, masks_lib.Causal(), block_size, top_k, query_tile, chunk)
+    _check(masks_lib.Causal(), block_size, top_k, query_tile, chunk, kernel)
     scale = core.default_scale(q.shape[-1]) if scale is None else float(scale)
     q_seg = core.segments_or_ones(q_segment_ids, q)
     kv_seg = core.segments_or_ones(kv_segment_ids, k)
     kb, _, _, ksb = gathered.key_blocks(k, k, kv_seg, kv_seg, block_size)
     means = gathered.block_means(lax.stop_gradient(kb), ksb)
 
-    def select(start, q_t, _):
-        return _select_tile(lax.stop_gradient(q_t), start, means, block_size, top_k)
+    def select(_, q_t, index_t):
+        return _select_tile(lax.stop_gradient(q_t), index_t, means, block_size, top_k)
 
-    ids, valid = gathered.scan_query_tiles(select, query_tile, q, q_seg)
-    out, lse = gathered.slot_attention(
+    index = query_index(q, k, q_pos)
+    ids, valid = gathered.scan_query_tiles(select, query_tile, q, index)
+    out, lse = kernel_slots.pick(kernel, interpret)(
         q, k, v, ids, valid, block=block_size, q_pos=q_pos, k_pos=k_pos, q_seg=q_seg,
         kv_seg=kv_seg, scale=scale, chunk=chunk,
     )  # fmt: skip
@@ -136,13 +164,15 @@ def moba_reference(
 ):
     """Dense float32 transcription of ``moba_attn_varlen_naive`` (for tests; O(T * S)).
 
-    Causality is by index, as in the naive code; ``k_pos`` and ``q_pos`` are unused. The fast
-    path reads it from positions, which agree when positions increase along each document.
+    Causality is by index, as in the naive code; ``k_pos`` is unused and ``q_pos`` only gives
+    the queries' key indices when ``T != S`` (``query_index``). The fast path reads causality
+    from positions, which agree when positions increase along each document.
     """
-    del q_pos, k_pos
+    del k_pos
+    index = query_index(q, k, q_pos)  # [B, T]
     dtype = q.dtype
     q, k, v = (x.astype(_F32) for x in (q, k, v))
-    _, t, n, h = q.shape
+    n, h = q.shape[2:]
     s, kh = k.shape[1], k.shape[2]
     g = n // kh
     scale = core.default_scale(h) if scale is None else scale
@@ -156,8 +186,8 @@ def moba_reference(
     kr = jnp.repeat(k, g, axis=2)
     vr = jnp.repeat(v, g, axis=2)
     gate = jnp.einsum("btnh,bjnh->bntj", q, jnp.repeat(means, g, axis=2), precision=_HIGHEST)
-    q_block = (jnp.arange(t) // block_size)[:, None]  # [T, 1]
-    j = jnp.arange(nb)[None, :]
+    q_block = (index // block_size)[:, None, :, None]  # [B, 1, T, 1]
+    j = jnp.arange(nb)
     gate = jnp.where(j > q_block, -jnp.inf, gate)
     gate = jnp.where(j == q_block, jnp.inf, gate)
     top_vals, top_idx = lax.top_k(gate, min(top_k, nb))
@@ -167,7 +197,7 @@ def moba_reference(
     allowed = need[..., key_block]  # [B, N, T, S]
     visible = (
         allowed
-        & (jnp.arange(s)[None, :] <= jnp.arange(t)[:, None])  # the naive code's tril
+        & (jnp.arange(s) <= index[:, None, :, None])  # the naive code's tril
         & (q_seg[:, None, :, None] == kv_seg[:, None, None, :])
         & (q_seg[:, None, :, None] != 0)
     )
@@ -208,13 +238,16 @@ def _moba_impl(
     top_k: int = 3,
     query_tile: int = 256,
     chunk: int = 128,
+    kernel: str = "blockwise",
+    interpret=None,
 ):
-    """``attend(..., impl="moba", block_size=, top_k=)``; the mask must be ``Causal()``."""
+    """``attend(..., impl="moba", block_size=, top_k=, kernel=)``; the mask must be
+    ``Causal()``; ``T != S`` as in ``moba_attention``."""
     del logits_fn  # refused by the capability check
-    _check(q, k, mask, block_size, top_k, query_tile, chunk)
+    _check(mask, block_size, top_k, query_tile, chunk, kernel)
     out, lse = moba_attention(
         q, k, v, block_size=block_size, top_k=top_k, q_pos=q_pos, k_pos=k_pos,
         q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, scale=scale,
-        query_tile=query_tile, chunk=chunk, return_lse=True,
+        query_tile=query_tile, chunk=chunk, return_lse=True, kernel=kernel, interpret=interpret,
     )  # fmt: skip
     return out, (lse if return_lse else None)

@@ -15,6 +15,10 @@ Three branches per query, mixed by per-head sigmoid gates computed from the laye
    causally), and attended with full attention (one softmax over their union).
 3. Sliding window of ``window`` keys (``blockwise`` with a static mask).
 
+``kernel="pallas"`` runs branches 2 and 3 on the Pallas kernels (``kernel_slots`` for the
+selected blocks, which needs ``slc_block`` a multiple of 128 unless one block covers the keys;
+the ``pallas`` adapter's block lists for the window); compression stays plain JAX.
+
 Defaults are the paper's (l = 32, d = 16, l' = 64, n = 16, w = 512, one initial and two local
 blocks; ``XunhaoLai/native-sparse-attention-triton`` uses the same). Selection indices carry no
 gradient; compression and window branches and the gates are trained through the output. Blocks
@@ -28,15 +32,18 @@ module holding the parameters, used by the model when ``config.model.attention.i
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from lcm.attention import blockwise, core
+from lcm.attention import blockwise, core, pallas
 from lcm.attention import masks as masks_lib
-from lcm.attention.sparse import gathered
+from lcm.attention.sparse import gathered, kernel_slots
 
 _F32 = jnp.float32
 _HIGHEST = lax.Precision.HIGHEST
@@ -53,9 +60,14 @@ class NSASettings:
     window: int = 512  # sliding-window keys, the query included
     query_tile: int = 64  # queries of the compression branch processed together
     chunk: int = 128  # (query, block) pairs per dense product of the selection branch
+    kernel: str = "blockwise"  # selection and window branches: blockwise | pallas
+    interpret: Any = None  # the Pallas kernels' interpret mode (None = automatic)
 
     def __post_init__(self):
+        kernel_slots.check_kernel(self.kernel, "nsa")
         for f in dataclasses.fields(self):
+            if f.name in ("kernel", "interpret"):
+                continue
             value = getattr(self, f.name)
             low = 0 if f.name in ("init_blocks", "local_blocks") else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -167,13 +179,17 @@ def nsa_attention(params, x, q, k, v, *, settings: NSASettings, q_pos, k_pos,
         return o_cmp, ids, valid
 
     o_cmp, ids, valid = gathered.scan_query_tiles(tile, settings.query_tile, q, q_pos, q_seg)
-    out, lse = gathered.slot_attention(
+    out, lse = kernel_slots.pick(settings.kernel, settings.interpret)(
         q, k, v, ids, valid, block=settings.slc_block, q_pos=q_pos, k_pos=k_pos, q_seg=q_seg,
         kv_seg=kv_seg, scale=scale, chunk=settings.chunk,
     )  # fmt: skip
     o_slc, _ = gathered.merge_slots(out, lse)
     window = masks_lib.Causal() & masks_lib.SlidingWindow(settings.window - 1)
-    o_win, _ = blockwise.blockwise_attention(
+    if settings.kernel == "pallas":
+        window_attention = functools.partial(pallas.pallas_attention, interpret=settings.interpret)
+    else:
+        window_attention = blockwise.blockwise_attention
+    o_win, _ = window_attention(
         q, k, v, mask=window, q_pos=q_pos, k_pos=k_pos, q_segment_ids=q_seg,
         kv_segment_ids=kv_seg, logits_fn=None, scale=scale, return_lse=False,
     )  # fmt: skip
@@ -212,10 +228,10 @@ def nsa_reference(params, x, q, k, v, *, settings: NSASettings, q_pos, k_pos,
     ls = settings.slc_block
     ns = -(-s // ls)
     nc = kc.shape[1]
-    cover = jnp.zeros((nc, ns))
-    for i in range(nc):  # compressed block i covers tokens [i*d, i*d + l)
-        toks = jnp.arange(i * settings.cmp_stride, i * settings.cmp_stride + settings.cmp_block)
-        cover = cover.at[i, jnp.unique(toks // ls)].set(1.0)
+    # Compressed block i covers tokens [i*d, i*d + l); static, so numpy (keeps this jittable).
+    toks = np.arange(nc)[:, None] * settings.cmp_stride + np.arange(settings.cmp_block)
+    cover = np.zeros((nc, ns), np.float32)
+    cover[np.repeat(np.arange(nc), settings.cmp_block), (toks // ls).reshape(-1)] = 1.0
     score = jnp.einsum("bntm,mj->btnj", lax.stop_gradient(p_cmp), cover, precision=_HIGHEST)
     score = score.reshape(b, t, kh, g, ns).sum(3)
     own = (jnp.arange(t) // ls)[:, None]

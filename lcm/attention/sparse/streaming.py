@@ -3,14 +3,17 @@
 Every query sees the first ``sink`` positions and the last ``window`` positions up to itself:
 ``mask & (SlidingWindow(window - 1) | Sink(sink))``, with ``mask = Causal()`` the StreamingLLM
 training mask (``mit-han-lab/streaming-llm`` keeps ``start_size = 4`` and ``recent_size``
-tokens). The mask is static and lowered to tile visit lists by ``blockwise``, so tiles outside
-the sinks and the window are never computed.
+tokens). The mask is static and lowered to tile visit lists by ``blockwise`` (``kernel=
+"blockwise"``) or to the block-sparse Pallas kernel's block lists by ``pallas`` (``kernel=
+"pallas"``), so tiles outside the sinks and the window are never computed. Masks read positions,
+so decoding and chunked prefill (``T != S``) need nothing special.
 """
 
 from __future__ import annotations
 
-from lcm.attention import blockwise, core
+from lcm.attention import blockwise, core, pallas
 from lcm.attention import masks as masks_lib
+from lcm.attention.sparse import kernel_slots
 
 
 def sink_window_mask(mask: masks_lib.Mask, *, sink: int, window: int) -> masks_lib.Mask:
@@ -33,8 +36,18 @@ def sink_window_mask(mask: masks_lib.Mask, *, sink: int, window: int) -> masks_l
         returns_lse=True,
     ),
 )
-def sink_window_attention(q, k, v, *, mask, sink: int = 4, window: int = 2048, **kwargs):
-    """``attend(..., impl="sink_window", sink=, window=)``: blockwise with the combined mask."""
-    return blockwise.blockwise_attention(
-        q, k, v, mask=sink_window_mask(mask, sink=sink, window=window), **kwargs
-    )
+def sink_window_attention(
+    q, k, v, *, mask, sink: int = 4, window: int = 2048, kernel: str = "blockwise", **kwargs
+):
+    """``attend(..., impl="sink_window", sink=, window=, kernel=)``: ``blockwise`` or ``pallas``
+    (which takes ``interpret`` too and cannot run a ``logits_fn`` hook) with the combined mask."""
+    kernel_slots.check_kernel(kernel, "sink_window")
+    mask = sink_window_mask(mask, sink=sink, window=window)
+    if kernel == "blockwise":
+        return blockwise.blockwise_attention(q, k, v, mask=mask, **kwargs)
+    if kwargs["logits_fn"] is not None:
+        raise ValueError(
+            "sink_window kernel 'pallas' cannot run a positional logits hook; use kernel "
+            "'blockwise'"
+        )
+    return pallas.pallas_attention(q, k, v, mask=mask, **kwargs)

@@ -79,7 +79,9 @@ def test_hand_computed_output_and_trailing_partial_block(dense, assert_close):
     q, k = _hand_case([3.0, 1.0, 2.0, 100.0], 7)
     v = jax.random.normal(jax.random.PRNGKey(1), (1, 7, 1, 2))
     pos = jnp.arange(7)[None]
-    out = moba.moba_attention(q, k, v, block_size=2, top_k=2, q_pos=pos, k_pos=pos)
+    fn = jax.jit(lambda q, k, v: moba.moba_attention(q, k, v, block_size=2, top_k=2, q_pos=pos,
+                                                     k_pos=pos))  # fmt: skip
+    out = fn(q, k, v)
     keys = {0: [0], 1: [0, 1], 2: [0, 1, 2], 3: [0, 1, 2, 3], 4: [0, 1, 4], 5: [0, 1, 4, 5]}
     keys[6] = [0, 1, 6]
     visible = np.zeros((1, 1, 7, 7), bool)

@@ -19,8 +19,8 @@ def _logits(impl, t=32, **attention):
     model = model_lib.Transformer(model_lib.build_spec(config))
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, t)), jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (2, t))
-    params = nn.unbox(model.init(jax.random.key(0), tokens, positions)["params"])
-    return model.apply({"params": params}, tokens, positions)
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), tokens, positions)["params"])
+    return jax.jit(model.apply)({"params": params}, tokens, positions)
 
 
 @pytest.mark.parametrize(
@@ -111,3 +111,56 @@ def test_last_layers_dense_per_config():
     with pytest.raises(ValueError, match="sparse_dense_last = 2"):
         config.model.attention.sparse_dense_last = 2
         model_lib.build_spec(config)
+
+
+def _config(**attention):
+    config = config_lib.load_config(str(config_lib.REPO_ROOT / "configs" / "tiny.py"))
+    for key, value in attention.items():
+        config.model.attention[key] = value
+    return config
+
+
+@pytest.mark.parametrize("impl", ["moba", "hsa", "sink_window", "nsa"])
+def test_sparse_kernel_reaches_each_method(impl):
+    config = _config(
+        impl=impl, sparse_kernel="pallas", sparse_block=128, nsa_slc_block=128, block_kv=128
+    )
+    config.seq_len = 256
+    config_lib.validate(config)
+    options = dict(model_lib.build_spec(config).attention_options)
+    assert options["kernel"] == "pallas"
+
+
+@pytest.mark.parametrize(
+    "attention, message",
+    [
+        (dict(sparse_kernel="triton"), "sparse_kernel = 'triton': allowed: 'blockwise', 'pallas'"),
+        (
+            dict(impl="moba", sparse_kernel="pallas", sparse_block=64),
+            "sparse_block = 64: must be a multiple of 128 (or >= seq_len) for "
+            "model.attention.sparse_kernel = 'pallas' with model.attention.impl = 'moba'",
+        ),
+        (
+            dict(impl="nsa", sparse_kernel="pallas"),
+            "nsa_slc_block = 64: must be a multiple of 128",
+        ),
+        (
+            dict(impl="sink_window", sparse_kernel="pallas", block_kv=64),
+            "block_kv = 64: must be a multiple of 128 (or >= seq_len) for the Pallas kernel",
+        ),
+    ],
+)
+def test_sparse_kernel_is_validated(attention, message):
+    config = _config(**attention)
+    config.seq_len = 1024
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        config_lib.validate(config)
+
+
+@pytest.mark.slow
+def test_moba_on_the_kernel_in_the_model_equals_blockwise():
+    """TPU interpret mode (the default off TPU) through the whole model; three 128-blocks."""
+    kw = dict(t=384, sparse_block=128, sparse_top_k=2)
+    np.testing.assert_allclose(
+        _logits("moba", sparse_kernel="pallas", **kw), _logits("moba", **kw), rtol=1e-5, atol=1e-5
+    )
