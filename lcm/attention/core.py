@@ -164,6 +164,10 @@ def attend(
         if wanted
     ]
     check_capabilities(impl, needs, by="this attend() call")
+    # Index arrays as jax arrays: a numpy array indexed by a traced index fails under jit.
+    q_pos, k_pos = jnp.asarray(q_pos), jnp.asarray(k_pos)
+    if q_segment_ids is not None:
+        q_segment_ids, kv_segment_ids = jnp.asarray(q_segment_ids), jnp.asarray(kv_segment_ids)
     out, lse = entry(
         q,
         k,

@@ -107,6 +107,15 @@ def test_front_door(inputs, assert_close):
     )
     want = moba.moba_reference(q, k, v, block_size=4, top_k=2, q_pos=pos, k_pos=pos)
     assert_close(got, want)
+    # numpy positions closed over by a jitted call (as in a notebook) work like jax arrays
+    np_pos = np.asarray(pos)
+    jitted = jax.jit(
+        lambda q, k, v: attention.attend(
+            q, k, v, mask=attention.Causal(), impl="moba", q_pos=np_pos, k_pos=np_pos,
+            block_size=4, top_k=2,
+        )  # fmt: skip
+    )
+    assert_close(jitted(q, k, v), want)
     with pytest.raises(ValueError, match="moba mask"):
         attention.attend(q, k, v, mask=attention.Full(), impl="moba", q_pos=pos, k_pos=pos)
     with pytest.raises(ValueError, match="moba top_k = 0"):
