@@ -109,12 +109,12 @@ def test_front_door(inputs, assert_close):
     assert_close(got, want)
     # numpy positions closed over by a jitted call (as in a notebook) work like jax arrays
     np_pos = np.asarray(pos)
-    jitted = jax.jit(
-        lambda q, k, v: attention.attend(
-            q, k, v, mask=attention.Causal(), impl="moba", q_pos=np_pos, k_pos=np_pos,
-            block_size=4, top_k=2,
-        )  # fmt: skip
-    )
+
+    @jax.jit
+    def jitted(q, k, v):
+        kw = dict(mask=attention.Causal(), impl="moba", block_size=4, top_k=2)
+        return attention.attend(q, k, v, q_pos=np_pos, k_pos=np_pos, **kw)
+
     assert_close(jitted(q, k, v), want)
     with pytest.raises(ValueError, match="moba mask"):
         attention.attend(q, k, v, mask=attention.Full(), impl="moba", q_pos=pos, k_pos=pos)
