@@ -121,6 +121,9 @@ def get_config() -> ConfigDict:
     # Sequence-length curriculum: ((length, steps), ...) shortest first, before seq_len; constant
     # tokens per step (batch_size * seq_len / length rows). () = off.
     config.data.curriculum = ()
+    # Share of each training batch's rows packed from the synthetic_tasks corpus (passkey and
+    # RULER-style retrieval documents, lcm.data.synthetic) instead of data.corpus; 0 = off.
+    config.data.synthetic_share = 0.0
 
     # ---- training ------------------------------------------------------------------------
     config.train = ConfigDict()
@@ -141,6 +144,9 @@ def get_config() -> ConfigDict:
     config.train.checkpoint_every = 100  # steps between checkpoints
     config.train.max_checkpoints = 3  # checkpoints kept (newest)
     config.train.peak_flops = 0.0  # FLOP/s for MFU; 0 = measure a float32 matmul at start
+    # Workdir whose newest checkpoint gives the initial weights of a fresh run (fine-tuning;
+    # optimizer state and step start anew); None = random init (or model.hf_path).
+    config.train.init_from = config_dict.placeholder(str)
 
     # ---- evaluation ----------------------------------------------------------------------
     config.eval = ConfigDict()

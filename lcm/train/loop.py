@@ -3,13 +3,16 @@
 One process per host runs this; every host feeds its own slice of the global batch
 (``jax.make_array_from_process_local_data``). The loop resumes automatically from the newest
 readable checkpoint in ``workdir`` (train state and data-iterator position), so a run killed at
-any point and restarted reproduces the uninterrupted run exactly. SIGTERM and SIGINT finish the
-current step, save, and exit cleanly.
+any point and restarted reproduces the uninterrupted run exactly. A fresh run starts from random
+weights, from ``config.model.hf_path``, or from another workdir's newest checkpoint
+(``config.train.init_from``, e.g. fine-tuning with PI or YaRN at a longer length). SIGTERM and
+SIGINT finish the current step, save, and exit cleanly.
 """
 
 from __future__ import annotations
 
 import itertools
+import pathlib
 import signal
 import time
 
@@ -95,6 +98,25 @@ def unigram_entropy(batches) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+def params_from_workdir(workdir: str, abstract: state_lib.TrainState):
+    """The parameters of the newest readable checkpoint in ``workdir`` (``config.train.init_from``).
+
+    ``abstract`` is this run's abstract state: the checkpoint must hold the same parameter tree
+    (a training-free positional change such as PI or YaRN keeps it).
+    """
+    if not (pathlib.Path(workdir) / "checkpoints").is_dir():
+        raise ValueError(f"config.train.init_from = {workdir!r}: no checkpoints/ directory there")
+    ckpt = checkpoint.Checkpointer(workdir, every=1, max_to_keep=1)
+    step, state = ckpt.restore_latest_state(abstract)
+    ckpt.close()
+    if state is None:
+        raise ValueError(
+            f"config.train.init_from = {workdir!r}: no checkpoint there restores into this "
+            "model's parameters (see the warnings above)"
+        )
+    return step, state.params
+
+
 def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> dict:
     """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints).
 
@@ -139,7 +161,14 @@ def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> 
         start, state = ckpt.restore_latest(abstract, data_iterator)
         if state is None:
             start = 0
-            if hf_params is None:
+            if t.init_from is not None:
+                source_step, params = params_from_workdir(t.init_from, abstract)
+                state = state_lib.state_from_params(params, tx, abstract, shardings)
+                log(
+                    f"mesh {mesh_lib.describe(mesh)}; starting from the weights of "
+                    f"{t.init_from} (step {source_step}) in {workdir}"
+                )
+            elif hf_params is None:
                 state = state_lib.init_state(
                     model, tx, shardings, t.seed, batch_size=batch_size, seq_len=seq_len
                 )
