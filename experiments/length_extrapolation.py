@@ -1,8 +1,8 @@
 """Length extrapolation of positional schemes: perplexity from L/2 to 16L, trained at L.
 
-    .venv/bin/python experiments/length_extrapolation.py            # default: ~12 min, 2-core CPU
+    .venv/bin/python experiments/length_extrapolation.py            # default: 2-core CPU
     .venv/bin/python experiments/length_extrapolation.py --full     # larger, for an accelerator
-    .venv/bin/python experiments/length_extrapolation.py --toy      # seconds; the smoke test
+    .venv/bin/python experiments/length_extrapolation.py --toy      # tiny sizes; the smoke test
 
 1. Trains one small byte-level model per scheme (``configs/experiments/positional_schemes.py``:
    RoPE, NoPE, ALiBi, RNoPE-SWA, TAPA) at sequence L = 256 on the stdlib corpus, same size,
@@ -315,7 +315,7 @@ def run(args) -> pathlib.Path:
 def parse(argv: list[str]):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--toy", action="store_true", help="tiny sizes, seconds (smoke test)")
+    size.add_argument("--toy", action="store_true", help="tiny sizes (the smoke test)")
     size.add_argument("--full", action="store_true", help="larger models, for an accelerator")
     parser.add_argument("--workdir", help="default: workdir/experiments/positional-<setting>")
     parser.add_argument("--out", help="default: experiments/results (toy/full: <workdir>/results)")

@@ -2,7 +2,7 @@
 
     .venv/bin/python experiments/passkey_depth.py            # default: 2-core CPU
     .venv/bin/python experiments/passkey_depth.py --full     # larger, for an accelerator
-    .venv/bin/python experiments/passkey_depth.py --toy      # seconds; the smoke test
+    .venv/bin/python experiments/passkey_depth.py --toy      # tiny sizes; the smoke test
 
 The models are those of ``length_extrapolation.py`` (``configs/experiments/positional_schemes.py``:
 RoPE, NoPE, ALiBi, RNoPE-SWA, TAPA at L = 256, a quarter of every training batch synthetic
@@ -183,7 +183,7 @@ def run(args) -> pathlib.Path:
 def parse(argv: list[str]):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--toy", action="store_true", help="tiny sizes, seconds (smoke test)")
+    size.add_argument("--toy", action="store_true", help="tiny sizes (the smoke test)")
     size.add_argument("--full", action="store_true", help="larger models, for an accelerator")
     parser.add_argument("--workdir", help="default: workdir/experiments/positional-<setting>")
     parser.add_argument("--out", help="default: experiments/results (toy/full: <workdir>/results)")

@@ -2,7 +2,7 @@
 
     .venv/bin/python experiments/rope_base_bound.py            # default: 2-core CPU
     .venv/bin/python experiments/rope_base_bound.py --full     # to 1M and more bases
-    .venv/bin/python experiments/rope_base_bound.py --toy      # seconds; the smoke test
+    .venv/bin/python experiments/rope_base_bound.py --toy      # tiny sizes; the smoke test
 
 "Base of RoPE Bounds Context Length" (arXiv:2405.14591):
 
@@ -291,7 +291,7 @@ def run(args) -> pathlib.Path:
 def parse(argv: list[str]):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--toy", action="store_true", help="tiny sizes, seconds (smoke test)")
+    size.add_argument("--toy", action="store_true", help="tiny sizes (the smoke test)")
     size.add_argument("--full", action="store_true", help="table to 1M, more bases, larger")
     parser.add_argument("--workdir", help="default: workdir/experiments/rope_base_bound-<setting>")
     parser.add_argument("--out", help="default: experiments/results (toy/full: <workdir>/results)")
