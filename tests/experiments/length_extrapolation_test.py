@@ -59,10 +59,6 @@ def test_checks_quote_the_numbers():
 
 
 @pytest.mark.slow  # trains 7 tiny models and evaluates 13 variants: minutes on a shared CPU
-def test_toy_run_writes_table_and_plot(tmp_path):
-    args = le.parse(["experiments/length_extrapolation.py", "--toy", "--quiet",
-                     f"--workdir={tmp_path / 'work'}", f"--out={tmp_path / 'out'}"])  # fmt: skip
-    md = le.run(args)
-    text = md.read_text()
+def test_toy_run_writes_table_and_plot(tmp_path, run_toy):
+    text = run_toy("length_extrapolation", tmp_path)
     assert "| rope+yarn4 ft |" in text and "## Provenance" in text
-    assert (tmp_path / "out" / "length_extrapolation.png").stat().st_size > 0

@@ -37,9 +37,6 @@ def test_every_setting_is_a_valid_eval_config():
 
 
 @pytest.mark.slow  # trains 5 tiny models and runs passkey on each: minutes on a shared CPU
-def test_toy_run_writes_heatmaps(tmp_path):
-    args = pd.parse(["experiments/passkey_depth.py", "--toy", "--quiet",
-                     f"--workdir={tmp_path / 'work'}", f"--out={tmp_path / 'out'}"])  # fmt: skip
-    text = pd.run(args).read_text()
+def test_toy_run_writes_heatmaps(tmp_path, run_toy):
+    text = run_toy("passkey_depth", tmp_path)
     assert "**tapa**" in text and "## Provenance" in text
-    assert (tmp_path / "out" / "passkey_depth.png").stat().st_size > 0

@@ -25,9 +25,6 @@ def test_configs_differ_only_in_the_base_and_bases_straddle_the_bound():
 
 
 @pytest.mark.slow  # trains 2 tiny models and evaluates retrieval: minutes on a shared CPU
-def test_toy_run_writes_table_and_plot(tmp_path):
-    args = rbb.parse(["experiments/rope_base_bound.py", "--toy", "--quiet",
-                      f"--workdir={tmp_path / 'work'}", f"--out={tmp_path / 'out'}"])  # fmt: skip
-    text = rbb.run(args).read_text()
+def test_toy_run_writes_table_and_plot(tmp_path, run_toy):
+    text = run_toy("rope_base_bound", tmp_path)
     assert "| 1024 | 4.29e+03 | 4.3e+03 |" in text and "## Provenance" in text
-    assert (tmp_path / "out" / "rope_base_bound.png").stat().st_size > 0
