@@ -140,6 +140,9 @@ def get_config() -> ConfigDict:
     config.data.utk_keep_order = True  # untie_knots: a document's chunks keep their order
     config.data.utk_sort_task = False  # untie_knots: chunk ids + chunk-order recovery list
     config.data.decomposition_min = 128  # decomposition: shortest bucket (power of two, tokens)
+    # Share of each training batch's rows packed from the synthetic_tasks corpus (passkey and
+    # RULER-style retrieval documents, lcm.data.synthetic) instead of data.corpus; 0 = off.
+    config.data.synthetic_share = 0.0
 
     # ---- training ------------------------------------------------------------------------
     config.train = ConfigDict()
@@ -165,6 +168,9 @@ def get_config() -> ConfigDict:
     config.train.nonfinite = "stop"  # stop | skip
     config.train.spike_factor = 3.0  # log a loss spike: loss > factor x running mean; 0 = off
     config.train.spike_decay = 0.99  # decay of that running mean (bias-corrected moving average)
+    # Workdir whose newest checkpoint gives the initial weights of a fresh run (fine-tuning;
+    # optimizer state and step start anew); None = random init (or model.hf_path).
+    config.train.init_from = config_dict.placeholder(str)
 
     # ---- evaluation ----------------------------------------------------------------------
     config.eval = ConfigDict()

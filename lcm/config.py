@@ -492,6 +492,7 @@ def _check_data(c: _Checker) -> None:
     c.check(d + "eval_fraction", lambda v: _is_number(v) and 0 <= v < 1, "must be in [0, 1)")
     c.check(d + "split_seed", lambda v: v >= 0, "must be an integer >= 0")
     c.one_of(d + "packing", PACKINGS)
+    c.check(d + "synthetic_share", lambda v: _is_number(v) and 0 <= v < 1, "must be in [0, 1)")
     _check_curriculum(c)
     _check_recipe(c)
 
@@ -505,6 +506,12 @@ def _check_recipe(c: _Checker) -> None:
     if not c.one_of(d + "recipe", recipes_lib.RECIPES):
         return
     recipe = c.get(d + "recipe")
+    if recipe != "documents" and _is_number(c.get(d + "synthetic_share")):
+        c.check(
+            d + "synthetic_share",
+            lambda v: v == 0,
+            f"must be 0 with data.recipe = {recipe!r} (synthetic rows mix only into 'documents')",
+        )
     if not c.get(d + "mask_first_token"):
         c.check(
             d + "packing",
@@ -602,6 +609,13 @@ def _check_train_eval(c: _Checker) -> None:
     c.check("train.spike_decay", lambda v: _is_number(v) and 0 <= v < 1, "must be in [0, 1)")
     for key in ("train.adam_b1", "train.adam_b2"):
         c.check(key, lambda v: 0 <= v < 1, "must be in [0, 1)")
+    if c.get("train.init_from") is not None:
+        c.check("train.init_from", lambda v: bool(v), "must be a workdir path or None")
+        c.check(
+            "model.hf_path",
+            lambda v: v is None,
+            "must be None when train.init_from is set (both give the initial weights)",
+        )
     accum, batch = c.get("train.grad_accum_steps"), c.get("data.batch_size")
     if _is_positive_int(accum) and _is_positive_int(batch) and batch % accum:
         c.fail("data.batch_size", f"must be a multiple of train.grad_accum_steps = {accum}")

@@ -7,6 +7,12 @@ Decomposition (Pouransari et al., NeurIPS 2024). Each stage keeps the tokens per
 ``batch_size * seq_len / length`` rows of ``length``, its documents cut into ``length`` pieces and
 reshuffled with the stage's own seed. Batch shapes change at stage boundaries (one compile per
 stage).
+
+With ``config.data.synthetic_share = s > 0``, ``round(s * rows)`` rows of every training batch
+are packed from the ``synthetic_tasks`` corpus (``lcm.data.synthetic``: passkey and RULER-style
+retrieval documents at ``seq_len`` bytes, each about one row) and the rest from
+``config.data.corpus``; the two streams are shuffled and checkpointed together. Evaluation
+batches and documents never contain synthetic rows.
 """
 
 from __future__ import annotations
@@ -120,6 +126,16 @@ class Data:
         self.corpus: TokenizedCorpus = tokenize_corpus(
             CORPORA.get(data.corpus)(data), tokenizer, data.cache_dir
         )
+        self.synthetic: TokenizedCorpus | None = None
+        if data.synthetic_share > 0:
+            self.synthetic = tokenize_corpus(
+                CORPORA.get("synthetic_tasks")(data), tokenizer, data.cache_dir
+            )
+            if not len(self.synthetic):
+                raise ValueError(
+                    f"config.data.synthetic_share = {data.synthetic_share}: no synthetic task "
+                    f"fits config.data.seq_len = {data.seq_len} tokens (passkey needs about 250)"
+                )
         names = self.corpus.names
         by_repo = self.corpus.manifest.get("split_by") == "repository"  # file-level corpora
         groups = [repository(n) for n in names] if by_repo else None
@@ -136,6 +152,12 @@ class Data:
             "eval_tokens": int(self.corpus.lengths[self.eval_ids].sum()),
             "eval_names": [self.corpus.names[i] for i in self.eval_ids],
         }
+        if self.synthetic is not None:
+            self.manifest["synthetic"] = {
+                **self.synthetic.manifest,
+                "share": data.synthetic_share,
+                "tokens": int(self.synthetic.lengths.sum()),
+            }
         self._eval_steps: int | None = None
         logging.info("data manifest: %s", json.dumps(self.manifest))
         if workdir is not None and self.process_index == 0:
@@ -164,19 +186,43 @@ class Data:
         if train and recipes_lib.is_recipe(data):
             return recipes_lib.train_batches(self, length, seed=seed, host=host)
         rows = data.batch_size * data.seq_len // length // self.process_count
-        return packing_lib.batches(
-            self.corpus,
-            ids,
-            length=length,
-            rows=rows,
-            packing=data.packing,
-            document_masking=data.document_masking,
-            packing_bins=data.packing_bins,
-            seed=seed,
-            train=train,
-            process_index=host,
-            process_count=self.process_count,
-        )
+        synthetic_rows = self._synthetic_rows(length) if train else 0
+
+        def packed(corpus: TokenizedCorpus, doc_ids: np.ndarray, rows: int) -> grain.IterDataset:
+            return packing_lib.batches(
+                corpus,
+                doc_ids,
+                length=length,
+                rows=rows,
+                packing=data.packing,
+                document_masking=data.document_masking,
+                packing_bins=data.packing_bins,
+                seed=seed,
+                train=train,
+                process_index=host,
+                process_count=self.process_count,
+            )
+
+        main = packed(self.corpus, ids, rows - synthetic_rows)
+        if not synthetic_rows:
+            return main
+        extra = packed(self.synthetic, np.arange(len(self.synthetic)), synthetic_rows)
+        return grain.experimental.ZipIterDataset([main, extra]).map(_stack_rows)
+
+    def _synthetic_rows(self, length: int) -> int:
+        """Synthetic rows per host batch of rows of ``length`` (0 when the share is 0)."""
+        share = self.config.data.synthetic_share
+        if self.synthetic is None:
+            return 0
+        rows = self.config.data.batch_size * self.config.data.seq_len // length
+        rows //= self.process_count
+        synthetic_rows = round(share * rows)
+        if not 0 < synthetic_rows < rows:
+            raise ValueError(
+                f"config.data.synthetic_share = {share}: gives {synthetic_rows} of the {rows} "
+                f"rows per host batch at length {length}; must give between 1 and {rows - 1}"
+            )
+        return synthetic_rows
 
     def train_iterator(self) -> TrainIterator:
         """Endless training batches following ``config.data.curriculum``."""
@@ -186,6 +232,8 @@ class Data:
             end += steps
             stages.append((int(length), end))
         stages.append((self.config.data.seq_len, None))
+        for length, _ in stages:  # a bad synthetic share fails here, not at a later stage
+            self._synthetic_rows(length)
         return TrainIterator(self, stages)
 
     def eval_iterator(self) -> Iterator[dict[str, np.ndarray]]:
@@ -216,6 +264,12 @@ class Data:
     def eval_documents(self) -> list[EvalDocument]:
         """Every held-out document, whole, sorted by name."""
         return [EvalDocument(self.corpus.names[i], self.corpus.document(i)) for i in self.eval_ids]
+
+
+def _stack_rows(pair: tuple[dict, dict]) -> dict[str, np.ndarray]:
+    """grain map: a corpus batch and a synthetic batch -> one batch, synthetic rows last."""
+    main, extra = pair
+    return {k: np.concatenate([main[k], extra[k]]) for k in main}
 
 
 def load_data(

@@ -6,7 +6,9 @@ readable checkpoint in ``workdir`` (train state, data-iterator position, health 
 run killed at any point and restarted reproduces the uninterrupted run exactly
 (tests/reliability/preemption_test.py). SIGTERM and SIGINT finish the current step, save, and
 exit cleanly; with several processes the stop step comes from JAX's preemption sync point, so
-every host saves the same step.
+every host saves the same step. A fresh run starts from random weights, from
+``config.model.hf_path``, or from another workdir's newest checkpoint
+(``config.train.init_from``, e.g. fine-tuning with PI or YaRN at a longer length).
 
 Per-step metrics stay on device until a log or checkpoint step, when they are fetched together
 and reviewed by ``lcm.train.health`` (non-finite steps, loss spikes): no host sync per step.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import pathlib
 import signal
 import time
 
@@ -137,6 +140,25 @@ def _review(pending: list, monitor: health.Health, schedule, log, log_step: int 
     return records
 
 
+def params_from_workdir(workdir: str, abstract: state_lib.TrainState):
+    """The parameters of the newest readable checkpoint in ``workdir`` (``config.train.init_from``).
+
+    ``abstract`` is this run's abstract state: the checkpoint must hold the same parameter tree
+    (a training-free positional change such as PI or YaRN keeps it).
+    """
+    if not (pathlib.Path(workdir) / "checkpoints").is_dir():
+        raise ValueError(f"config.train.init_from = {workdir!r}: no checkpoints/ directory there")
+    ckpt = checkpoint.Checkpointer(workdir, every=1, max_to_keep=1)
+    step, state = ckpt.restore_latest_state(abstract)
+    ckpt.close()
+    if state is None:
+        raise ValueError(
+            f"config.train.init_from = {workdir!r}: no checkpoint there restores into this "
+            "model's parameters (see the warnings above)"
+        )
+    return step, state.params
+
+
 def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> dict:
     """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints).
 
@@ -198,7 +220,14 @@ def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> 
         start, state, saved_health = ckpt.restore_latest(abstract, data_iterator)
         if state is None:
             start = 0
-            if hf_params is None:
+            if t.init_from is not None:
+                source_step, params = params_from_workdir(t.init_from, abstract)
+                state = state_lib.state_from_params(params, tx, abstract, shardings)
+                log(
+                    f"mesh {mesh_lib.describe(mesh)}; starting from the weights of "
+                    f"{t.init_from} (step {source_step}) in {workdir}"
+                )
+            elif hf_params is None:
                 state = state_lib.init_state(
                     model, tx, shardings, t.seed, batch_size=batch_size, seq_len=seq_len
                 )

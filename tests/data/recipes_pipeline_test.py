@@ -159,6 +159,10 @@ def test_stdlib_files_corpus_and_repository_split(tmp_path):
         ),
         ({"data__length_mix": ((10, 1.0),)}, "config.data.length_mix = ((10, 1.0),): must be"),
         (
+            {"data__recipe": "structured", "data__synthetic_share": 0.25},
+            "config.data.synthetic_share = 0.25: must be 0 with data.recipe = 'structured'",
+        ),
+        (
             {"data__structured_relation": "dense"},
             "config.data.structured_relation = 'dense': allowed: 'path', 'bm25'",
         ),

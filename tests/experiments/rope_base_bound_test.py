@@ -1,0 +1,30 @@
+"""experiments/rope_base_bound.py: the bound table against the paper (fast), toy run (slow)."""
+
+import pytest
+import rope_base_bound as rbb
+
+from lcm import config as config_lib
+
+
+def test_bound_table_matches_the_paper_at_1k_and_keeps_b_nonnegative():
+    (row,) = rbb.bound_table([1024], log=lambda s: None)
+    assert row["paper"] == 4.3e3
+    assert abs(row["computed"] / 4.3e3 - 1) < 0.01  # paper Table 2: 4.3e3 for 1k
+    assert row["min_B_at_paper"] > 0
+    assert row["fit"] == pytest.approx(0.0424 * 1024**1.628)
+
+
+def test_configs_differ_only_in_the_base_and_bases_straddle_the_bound():
+    low, high = (config_lib.load_config(f"{rbb.CONFIG}:{b:g}") for b in (1e3, 1e5))
+    assert (low.model.positional.base, high.model.positional.base) == (1e3, 1e5)
+    low.unlock()
+    low.model.positional.base = 1e5
+    assert low.to_json() == high.to_json()
+    bound = rbb.base_bound.min_base(high.seq_len, high.model.head_dim)
+    assert 1e3 < bound < 1e5
+
+
+@pytest.mark.slow  # trains 2 tiny models and evaluates retrieval: minutes on a shared CPU
+def test_toy_run_writes_table_and_plot(tmp_path, run_toy):
+    text = run_toy("rope_base_bound", tmp_path)
+    assert "| 1024 | 4.29e+03 | 4.3e+03 |" in text and "## Provenance" in text
