@@ -205,8 +205,8 @@ def generate(
     """Continues ``prompt_tokens`` (``[P]`` or ``[B, P]`` int) by up to ``max_new_tokens``.
 
     Sampling follows ``config.inference`` (``temperature`` 0 = greedy, ``top_p``, ``seed``).
-    Decoding stops early once every row has produced ``stop_id``; a row that has stopped is
-    filled with ``stop_id``.
+    Decoding stops early once every row has produced ``stop_id`` (kept in the output); a row
+    that has stopped is filled with ``stop_id``.
 
     Args:
       params: model parameters (as trained: scanned layers are split here).
