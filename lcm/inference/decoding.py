@@ -5,7 +5,10 @@ model ``config.inference.prefill_chunk`` tokens at a time (the last chunk padded
 0), then decodes one token per jitted step. Attention goes through ``lcm.attention.attend``
 with ``config.inference.attention_impl`` (``reference`` or ``xla``; ``xla`` cannot run logits
 hooks, so ALiBi, TAPA, SelfExtend and LM-Infinite need ``reference``), whatever implementation
-the model was trained with: decoding is dense over the cache. The model runs unscanned
+the model was trained with: decoding is dense over the cache, with each layer's mask (causal,
+sliding window, sinks). A model trained with a sparse impl (``moba``, ``hsa``, ``s2_attn``,
+``sink_window``) is therefore decoded with dense attention, and ``nsa`` (parameters of its
+own) is refused. The model runs unscanned
 (``nn.scan`` stacked parameters are split per layer) so each layer owns its cache entry.
 
 With a ``cache_policy`` the cache holds ``budget + prefill_chunk`` slots and, after every

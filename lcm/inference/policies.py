@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from lcm.registry import Registry
 
 POLICIES = Registry("cache policy")
+CAOTE_BASES = ("h2o", "snapkv")  # the score-based policies CAOTE can re-rank
 
 
 def _recent(layer, count: int) -> jax.Array:
@@ -226,9 +227,6 @@ def make_policy(name: str, *, budget: int, caote_base: str = "h2o", **options):
         policy = _build(name, options)
     policy.check(budget)
     return policy
-
-
-CAOTE_BASES = ("h2o", "snapkv")
 
 
 def _build(name: str, options: dict):
