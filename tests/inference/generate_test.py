@@ -67,7 +67,11 @@ def _run(decoder, params, tokens, prompt):
     return np.concatenate(rows, axis=1), seen
 
 
-@pytest.mark.parametrize("policy", ["streaming_llm", "h2o", "snapkv", "caote"])
+@pytest.mark.parametrize(
+    "policy",
+    ["streaming_llm", pytest.param("h2o", marks=pytest.mark.slow),
+     pytest.param("snapkv", marks=pytest.mark.slow), "caote"],
+)  # fmt: skip
 def test_budget_at_least_length_equals_full_cache(policy, rng):
     config = make_config(
         model__num_layers=1, inference__recent=4, inference__snapkv_window=4, inference__sink=2
