@@ -40,13 +40,13 @@ def test_weights_times_values_equal_reference_attention(hook):
 
 
 def test_init_cache_mirrors_attention_modules():
-    config = make_config(model__num_layers=4)
+    config = make_config(model__num_layers=3)
     params = decoding.unscan_params(init_params(config))
     spec = decoding.decode_spec(config)
     cache = cache_lib.init_cache(params, spec, batch=3, capacity=10, score=True)
     paths = [path for path, _ in cache_lib.layers(cache)]
-    assert paths == [(f"layers_{r}", "block0", "attn") for r in range(4)]
+    assert paths == [(f"layers_{r}", "block0", "attn") for r in range(3)]
     _, layer = next(cache_lib.layers(cache))
     assert layer["k"].shape == (3, 10, 2, 16) and layer["score"].shape == (3, 2, 10)
     per_layer = 2 * 3 * 10 * 2 * 16 * 4 + 2 * 3 * 10 * 4 + 4 + 3 * 2 * 10 * 4
-    assert cache_lib.num_bytes(cache) == 4 * per_layer
+    assert cache_lib.num_bytes(cache) == 3 * per_layer

@@ -116,7 +116,7 @@ def test_dynamic_ntk_rerotates_the_cache(chunk, rng):
     params = init_params(config)
     tokens = rng.integers(0, 256, (1, LENGTH)).astype(np.int32)
     got, _ = _decode_all(config, params, tokens, chunk=chunk)
-    for t in range(PROMPT - 1, LENGTH):
+    for t in (PROMPT - 1, PROMPT + 3, LENGTH - 1):  # prompt end, decode steps
         want = np.asarray(full_logits(config, params, tokens[:, : t + 1]))[:, -1]
         np.testing.assert_allclose(got[:, t], want, **TOL)
     # Frequencies really change with length: the full-length pass differs at the prompt's end.
