@@ -188,6 +188,23 @@ def get_config() -> ConfigDict:
     config.eval.label = ""  # run name: results in workdir/eval/<label>/; "" = workdir/eval/
     config.eval.compare = ()  # more results.json paths drawn in the perplexity plot
 
+    # ---- inference (lcm.inference, python -m lcm.generate) ---------------------------------
+    config.inference = ConfigDict()
+    config.inference.attention_impl = "reference"  # decode attention: reference | xla (no hooks)
+    config.inference.prefill_chunk = 256  # prompt tokens per prefill forward
+    # Eviction policy (lcm.inference.POLICIES): streaming_llm | h2o | snapkv | caote; None = full.
+    config.inference.cache_policy = config_dict.placeholder(str)
+    config.inference.budget = config_dict.placeholder(int)  # tokens kept with a policy
+    config.inference.sink = 4  # streaming_llm: first tokens always kept (attention sinks)
+    config.inference.recent = 32  # h2o (and caote on h2o): most recent tokens always kept
+    config.inference.snapkv_window = 32  # snapkv: observation-window queries (those tokens stay)
+    config.inference.snapkv_kernel = 7  # snapkv: max-pool width over the votes (odd)
+    config.inference.caote_base = "h2o"  # caote: score-based policy it re-ranks: h2o | snapkv
+    config.inference.temperature = 0.0  # sampling temperature; 0 = greedy
+    config.inference.top_p = 1.0  # nucleus sampling mass in (0, 1]; 1 = off
+    config.inference.seed = 0  # sampling seed
+    config.inference.max_new_tokens = 64  # python -m lcm.generate: tokens to generate
+
     # ---- device mesh (lcm.parallel) ------------------------------------------------------
     config.mesh = ConfigDict()
     config.mesh.axes = ("data", "fsdp", "context", "tensor")  # mesh axis names, fixed order

@@ -51,6 +51,9 @@ MASKS = schedule_lib.MASKS
 TOKENIZER_SUFFIXES = (".model", ".json")  # SentencePiece, Hugging Face
 EVAL_PROTOCOLS = ("truncate", "sliding")
 EVAL_INITS = ("checkpoint", "random")
+DECODE_IMPLS = ("reference", "xla")  # lcm.inference decodes densely over the KV cache
+CACHE_POLICIES = ("streaming_llm", "h2o", "snapkv", "caote")  # lcm.inference.POLICIES
+CAOTE_BASES = ("h2o", "snapkv")
 # Implementations that tile the sequence: their block sizes must divide the training length.
 TILED_IMPLS = ("blockwise", "pallas", "ring")
 
@@ -658,6 +661,35 @@ def _check_train_eval(c: _Checker) -> None:
     )
 
 
+def _check_inference(c: _Checker) -> None:
+    i = "inference."
+    c.one_of(i + "attention_impl", DECODE_IMPLS)
+    c.positive_int(i + "prefill_chunk", i + "max_new_tokens", i + "snapkv_window")
+    for key in ("sink", "recent", "seed"):
+        c.check(i + key, lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
+    c.check(i + "snapkv_kernel", lambda v: _is_positive_int(v) and v % 2, "must be odd and >= 1")
+    c.one_of(i + "caote_base", CAOTE_BASES)
+    c.non_negative(i + "temperature")
+    c.check(i + "top_p", lambda v: _is_number(v) and 0 < v <= 1, "must be in (0, 1]")
+    policy, budget = c.get(i + "cache_policy"), c.get(i + "budget")
+    if policy is None:
+        if budget is not None:
+            c.fail(i + "budget", "must be None without inference.cache_policy (full cache)")
+        return
+    if not c.one_of(i + "cache_policy", CACHE_POLICIES):
+        return
+    if not c.check(i + "budget", _is_positive_int, f"must be a positive integer for {policy!r}"):
+        return
+    base = c.get(i + "caote_base") if policy == "caote" else policy
+    forced = {
+        "streaming_llm": ("inference.sink + 1", c.get(i + "sink") + 1),
+        "h2o": ("inference.recent", c.get(i + "recent")),
+        "snapkv": ("inference.snapkv_window", c.get(i + "snapkv_window")),
+    }.get(base)
+    if forced and isinstance(forced[1], int) and budget < forced[1]:
+        c.fail(i + "budget", f"must be >= {forced[0]} = {forced[1]} for {policy!r}")
+
+
 def _check_mesh(c: _Checker, num_devices: int | None) -> None:
     try:
         mesh_lib.check_axes(c.get("mesh.axes"), c.get("mesh.shape"), c.get("mesh.axis_types"))
@@ -714,6 +746,7 @@ def validate(config: ConfigDict, *, num_devices: int | None = None) -> ConfigDic
         _check_model(c)
         _check_data(c)
         _check_train_eval(c)
+        _check_inference(c)
         _check_mesh(c, num_devices)
     if not c.errors:  # needs every model field valid
         _check_scheme_impl(c)

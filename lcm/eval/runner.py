@@ -178,6 +178,8 @@ def evaluate(config, workdir: str, *, log: Callable[[str], None] = print) -> dic
     synthetic_tasks = [t for t in e.tasks if t != "perplexity"]
     if synthetic_tasks:
         logprob_fn = tasks.make_logprob_fn(model)
+        decode_fn = tasks.make_decode_fn(params, config)
+        results["inference"] = json.loads(config.inference.to_json())
         needs_code = any(synthetic.TASKS[t].needs_code for t in synthetic_tasks)
         code_lines = _code_lines(data.tokenizer, data.eval_documents()) if needs_code else ()
     for task in synthetic_tasks:
@@ -185,6 +187,7 @@ def evaluate(config, workdir: str, *, log: Callable[[str], None] = print) -> dic
         results["tasks"][task] = tasks.run_task(
             task,
             logprob_fn,
+            decode_fn,
             params,
             data.tokenizer,
             lengths=e.lengths,

@@ -1,11 +1,13 @@
-"""Running the synthetic tasks: greedy decoding, answer log-likelihood, a score per grid cell.
+"""Running the synthetic tasks: cached decoding, answer log-likelihood, a score per grid cell.
 
-A sample of length ``L`` is run as one sequence of exactly ``L`` tokens (prompt, then zeros):
-attention is causal, so tokens after the read position cannot change its logits, and every
-forward at that length reuses one compiled shape. Greedy decoding re-runs the forward on the
-growing sequence (no KV cache) and stops at a newline (no answer contains one) or after the
-task's ``max_new_tokens``. The answer's teacher-forced log-likelihood (``Sample.target``, e.g.
-``" 12345"`` for a pass key) is reported as mean NLL per token beside the exact-match score.
+Answers are generated with ``lcm.inference.generate`` (KV cache, chunked prefill; greedy unless
+``config.inference`` says otherwise, and under its eviction policy and budget when one is set),
+stopping at a newline (no answer contains one), after the task's ``max_new_tokens``, or when
+prompt plus answer reach the sample length ``L``. The answer's teacher-forced log-likelihood
+(``Sample.target``, e.g. ``" 12345"`` for a pass key) is reported as mean NLL per token beside
+the exact-match score; it runs one sequence of exactly ``L`` tokens (prompt, answer, zeros):
+attention is causal, so trailing tokens cannot change the scored logits, and every forward at
+that length reuses one compiled shape.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lcm import inference
 from lcm.data import synthetic
 from lcm.eval import scoring
 
@@ -34,20 +37,22 @@ def make_logprob_fn(model) -> Callable:
     return jax.jit(logprobs)
 
 
-def greedy_decode(
-    logprob_fn, params, prompt: np.ndarray, *, length: int, max_new_tokens: int, stop_id=None
-) -> list[int]:
-    """Greedy continuation of ``prompt`` (at most ``length`` tokens in all)."""
-    tokens = np.zeros((1, length), np.int32)
-    tokens[0, : len(prompt)] = prompt
-    out = []
-    for pos in range(len(prompt), min(len(prompt) + max_new_tokens, length)):
-        next_id = int(jnp.argmax(logprob_fn(params, tokens)[pos - 1]))
-        if next_id == stop_id:
-            break
-        tokens[0, pos] = next_id
-        out.append(next_id)
-    return out
+def make_decode_fn(params, config) -> Callable:
+    """``decode(prompt, *, length, max_new_tokens, stop_id) -> list[int]`` via ``generate``.
+
+    At most ``length - len(prompt)`` tokens; the stop token ends the answer and is dropped.
+    """
+
+    def decode(prompt: np.ndarray, *, length: int, max_new_tokens: int, stop_id=None):
+        budget = min(max_new_tokens, length - len(prompt))
+        if budget < 1:
+            return []
+        out = inference.generate(
+            params, config, prompt, max_new_tokens=budget, stop_id=stop_id
+        ).tolist()
+        return out[: out.index(stop_id)] if stop_id in out else out
+
+    return decode
 
 
 def target_nll(logprob_fn, params, prompt: np.ndarray, target: np.ndarray, *, length: int):
@@ -64,6 +69,7 @@ def target_nll(logprob_fn, params, prompt: np.ndarray, target: np.ndarray, *, le
 def run_task(
     task: str,
     logprob_fn,
+    decode_fn,
     params,
     tokenizer,
     *,
@@ -75,6 +81,9 @@ def run_task(
     progress: Callable[[str], None] = lambda s: None,
 ) -> dict:
     """Scores ``task`` on the (length, depth) grid; returns its results record.
+
+    ``logprob_fn`` (``make_logprob_fn``) scores the target; ``decode_fn`` (``make_decode_fn``)
+    generates the answer.
 
     Cells where not even the smallest haystack fits the length are recorded with
     ``"skipped"`` and no score.
@@ -102,9 +111,7 @@ def run_task(
                 if sample is None:
                     continue
                 prompt = np.asarray(tokenizer.encode(sample.prompt), np.int32)
-                out = greedy_decode(
-                    logprob_fn,
-                    params,
+                out = decode_fn(
                     prompt,
                     length=length,
                     max_new_tokens=spec.max_new_tokens,

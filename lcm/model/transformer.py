@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from lcm import attention as attention_lib
 from lcm.attention import sparse as sparse_lib
+from lcm.inference import cache as kv_cache
 from lcm.model import layers
 from lcm.model.spec import ModelSpec, mask_for
 from lcm.parallel import sharding
@@ -76,9 +77,13 @@ class Attention(nn.Module):
             kk = layers.RMSNorm(name="k_norm", **norm)(kk)
         # Built here so a scheme with parameters (a linen module) becomes a child of this one.
         scheme = s.build_positional(self.layer)
-        q, kk = scheme.rotate(q, kk, positions, positions)
-        q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
-        out = self.mix(x, q, kk, v, positions, segment_ids, scheme)
+        if self.has_variable("cache", "k"):  # decoding (lcm.inference): attend over the KV cache
+            mask = mask_for(self.layer)
+            out = kv_cache.attend_cached(self, q, kk, v, positions, segment_ids, scheme, mask)
+        else:
+            q, kk = scheme.rotate(q, kk, positions, positions)
+            q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
+            out = self.mix(x, q, kk, v, positions, segment_ids, scheme)
         out = sharding.constrain(out.astype(s.dtype), ("batch", "length", "heads", "head_dim"))
         return jnp.einsum(
             "BTNH,NHD->BTD", out, weight("wo", (n, h, d), ("heads", "head_dim", "embed"))

@@ -1,4 +1,4 @@
-"""Greedy decoding and answer log-likelihood against unpadded forwards; the task grid run."""
+"""Cached greedy decoding and answer log-likelihood against unpadded forwards; the task grid."""
 
 import re
 
@@ -19,11 +19,12 @@ def _reference_model():
 
 
 def test_greedy_and_target_nll_match_unpadded_forwards(tiny):
-    _, _, params = tiny
+    config, _, params = tiny
     model = _reference_model()
     logprob_fn = tasks.make_logprob_fn(model)
+    decode_fn = tasks.make_decode_fn(params, config)
     prompt = np.random.default_rng(0).integers(1, 256, 10).astype(np.int32)
-    out = tasks.greedy_decode(logprob_fn, params, prompt, length=32, max_new_tokens=3)
+    out = decode_fn(prompt, length=32, max_new_tokens=3)
 
     apply = jax.jit(model.apply)
 
@@ -41,8 +42,29 @@ def test_greedy_and_target_nll_match_unpadded_forwards(tiny):
     expected = -np.mean([full[9 + i, target[i]] for i in range(3)])
     got = tasks.target_nll(logprob_fn, params, prompt, target, length=32)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
-    # The decode budget never runs past the length.
-    assert len(tasks.greedy_decode(logprob_fn, params, prompt, length=12, max_new_tokens=8)) == 2
+    # The decode budget never runs past the length; the stop token ends the answer.
+    assert len(decode_fn(prompt, length=12, max_new_tokens=8)) == 2
+    for stop in seq[10:]:
+        before = seq[10 : seq.index(stop, 10)]
+        assert decode_fn(prompt, length=32, max_new_tokens=3, stop_id=stop) == before
+
+
+def _greedy(logprob_fn):
+    """A decode_fn without a cache: argmax of the full forward at each step (for fakes)."""
+
+    def decode(prompt, *, length, max_new_tokens, stop_id=None):
+        tokens = np.zeros((1, length), np.int32)
+        tokens[0, : len(prompt)] = prompt
+        out = []
+        for pos in range(len(prompt), min(len(prompt) + max_new_tokens, length)):
+            next_id = int(np.argmax(logprob_fn(None, tokens)[pos - 1]))
+            if next_id == stop_id:
+                break
+            tokens[0, pos] = next_id
+            out.append(next_id)
+        return out
+
+    return decode
 
 
 def _perfect_passkey_model(params, tokens):
@@ -64,6 +86,7 @@ def test_run_task_scores_a_perfect_reader_100():
     record = tasks.run_task(
         "passkey",
         _perfect_passkey_model,
+        _greedy(_perfect_passkey_model),
         None,
         ByteTokenizer(),
         lengths=(64, 300),
