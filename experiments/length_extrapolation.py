@@ -25,8 +25,6 @@ results under the workdir unless ``--out`` is given.
 
 from __future__ import annotations
 
-import argparse
-import json
 import pathlib
 import sys
 
@@ -305,23 +303,16 @@ def run(args) -> pathlib.Path:
             "",
         ]
     )
-    md = out / f"{NAME}.md"
-    md.write_text(text)
-    (work / f"{NAME}.json").write_text(json.dumps(rows, indent=1) + "\n")
-    log(text)
-    return md
+    return small_runs.write_report(out, work, NAME, text, rows, log)
 
 
 def parse(argv: list[str]):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--toy", action="store_true", help="tiny sizes (the smoke test)")
-    size.add_argument("--full", action="store_true", help="larger models, for an accelerator")
-    parser.add_argument("--workdir", help="default: workdir/experiments/positional-<setting>")
-    parser.add_argument("--out", help="default: experiments/results (toy/full: <workdir>/results)")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    args = parser.parse_args(argv[1:])
-    return small_runs.resolve_dirs(args, argv, "positional")
+    return small_runs.parse_args(
+        argv,
+        __doc__.split("\n")[0],
+        models="positional",
+        full_help="larger models, for an accelerator",
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ Writes ``experiments/results/passkey_depth.md`` and ``passkey_depth.png``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import pathlib
 import sys
 
@@ -173,22 +171,16 @@ def run(args) -> pathlib.Path:
             "",
         ]
     )
-    md = out / f"{NAME}.md"
-    md.write_text(text)
-    (work / f"{NAME}.json").write_text(json.dumps(records, indent=1) + "\n")
-    log(text)
-    return md
+    return small_runs.write_report(out, work, NAME, text, records, log)
 
 
 def parse(argv: list[str]):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--toy", action="store_true", help="tiny sizes (the smoke test)")
-    size.add_argument("--full", action="store_true", help="larger models, for an accelerator")
-    parser.add_argument("--workdir", help="default: workdir/experiments/positional-<setting>")
-    parser.add_argument("--out", help="default: experiments/results (toy/full: <workdir>/results)")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    return small_runs.resolve_dirs(parser.parse_args(argv[1:]), argv, "positional")
+    return small_runs.parse_args(
+        argv,
+        __doc__.split("\n")[0],
+        models="positional",
+        full_help="larger models, for an accelerator",
+    )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,6 @@ Writes ``experiments/results/rope_base_bound.md`` and ``rope_base_bound.png``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import pathlib
 import sys
 import time
@@ -279,24 +277,23 @@ def run(args) -> pathlib.Path:
             "",
         ]
     )
-    md = out / f"{NAME}.md"
-    md.write_text(text)
-    (work / f"{NAME}.json").write_text(
-        json.dumps({"table": table, "models": {str(k): v for k, v in models.items()}}, indent=1)
+    return small_runs.write_report(
+        out,
+        work,
+        NAME,
+        text,
+        {"table": table, "models": {str(k): v for k, v in models.items()}},
+        log,
     )
-    log(text)
-    return md
 
 
 def parse(argv: list[str]):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--toy", action="store_true", help="tiny sizes (the smoke test)")
-    size.add_argument("--full", action="store_true", help="table to 1M, more bases, larger")
-    parser.add_argument("--workdir", help="default: workdir/experiments/rope_base_bound-<setting>")
-    parser.add_argument("--out", help="default: experiments/results (toy/full: <workdir>/results)")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    return small_runs.resolve_dirs(parser.parse_args(argv[1:]), argv, "rope_base_bound")
+    return small_runs.parse_args(
+        argv,
+        __doc__.split("\n")[0],
+        models="rope_base_bound",
+        full_help="table to 1M, more bases, larger",
+    )
 
 
 if __name__ == "__main__":

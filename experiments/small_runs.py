@@ -8,10 +8,13 @@ Shared by ``length_extrapolation.py``, ``passkey_depth.py`` and ``rope_base_boun
 - ``Provenance``: the exact command, commit, machine, load average and wall time that every
   ``experiments/results/<name>.md`` records.
 - ``markdown_table``: a GitHub table from a header and rows.
+- ``parse_args`` / ``write_report``: the command line and the results files every script shares.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import pathlib
 import platform
@@ -153,3 +156,26 @@ def logger(quiet: bool = False) -> Callable[[str], None]:
     if quiet:
         return lambda s: None
     return lambda s: print(s, file=sys.stdout, flush=True)
+
+
+def parse_args(argv: Sequence[str], description: str, *, models: str, full_help: str):
+    """The shared command line (``--toy`` | ``--full``, ``--workdir``, ``--out``, ``--quiet``),
+    parsed and resolved by ``resolve_dirs`` (models in ``workdir/experiments/<models>-*``)."""
+    parser = argparse.ArgumentParser(description=description)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--toy", action="store_true", help="tiny sizes (the smoke test)")
+    size.add_argument("--full", action="store_true", help=full_help)
+    parser.add_argument("--workdir", help=f"default: workdir/experiments/{models}-<setting>")
+    parser.add_argument("--out", help="default: experiments/results (toy/full: <workdir>/results)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    return resolve_dirs(parser.parse_args(list(argv[1:])), argv, models)
+
+
+def write_report(out: pathlib.Path, work: pathlib.Path, name: str, text: str, data, log):
+    """Writes ``out/<name>.md`` (``text``) and ``work/<name>.json`` (``data``), logs ``text``;
+    returns the markdown path."""
+    md = out / f"{name}.md"
+    md.write_text(text)
+    (work / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
+    log(text)
+    return md

@@ -220,7 +220,10 @@ def _check_model(c: _Checker) -> None:
     uses_kernel = (
         c.get(a + "impl") == "pallas"
         or (c.get(a + "impl") == "ring" and c.get(a + "ring_inner") == "pallas")
-        or (c.get(a + "impl") == "sink_window" and c.get(a + "sparse_kernel") == "pallas")
+        or (
+            c.get(a + "impl") in ("sink_window", "s2_attn")
+            and c.get(a + "sparse_kernel") == "pallas"
+        )
     )
     if uses_kernel and _is_positive_int(c.get("seq_len")):
         # The kernel's TPU tiling: kv blocks span whole 128-lane vregs, q blocks 8 sublanes.

@@ -8,7 +8,7 @@ has learned parameters, so it is not an ``attend`` implementation but a linen mo
 (``MODULE_IMPLS``).
 
 ``config.model.attention.sparse_kernel`` picks how ``moba``, ``hsa``, ``nsa`` (selection and
-window branches) and ``sink_window`` compute their blocks: ``blockwise`` (plain JAX) or ``pallas``
+window branches), ``s2_attn`` and ``sink_window`` compute their blocks: ``blockwise`` (plain JAX) or ``pallas``
 (the ``kernels_pallas`` block-sparse kernel, via ``kernel_slots`` and the ``pallas`` adapter).
 """
 
@@ -26,7 +26,7 @@ def config_options(attention, impl: str) -> dict:
     """The ``attend`` options of sparse implementation ``impl`` from ``config.model.attention``.
 
     Empty for other implementations. ``s2_attn`` and ``sink_window`` run tiled attention and also
-    take its tile lengths; ``moba``, ``hsa``, ``nsa`` and ``sink_window`` take ``sparse_kernel``.
+    take its tile lengths; all but ``nsa``'s compression branch run on ``sparse_kernel``.
     """
     tiles = dict(block_q=attention.block_q, block_kv=attention.block_kv)
     kernel = attention.sparse_kernel
@@ -40,7 +40,7 @@ def config_options(attention, impl: str) -> dict:
             kernel=kernel,
         )
     if impl == "s2_attn":
-        return dict(group_size=attention.sparse_block, **tiles)
+        return dict(group_size=attention.sparse_block, kernel=kernel, **tiles)
     if impl == "sink_window":
         return dict(sink=attention.sink, window=attention.recent, kernel=kernel, **tiles)
     if impl == "nsa":

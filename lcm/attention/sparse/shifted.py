@@ -6,7 +6,8 @@ groups shifted by ``G/2``, ``[0, G/2), [G/2, 3G/2), ...``, so information flows 
 neighbouring groups. This is the offset block-diagonal form of LongLoRA's ``forward_flashattn``
 (``dvlab-research/LongLoRA``, ``llama_attn_replace.py``) with half-size first and last shifted
 groups, not the ``roll`` form of ``forward_noflashattn``, whose last group wraps around to the
-first tokens. Both halves are static masks on positions, lowered to tile lists by ``blockwise``.
+first tokens. Both halves are static masks on positions, lowered to tile lists by ``blockwise``
+(``kernel="blockwise"``) or to the block-sparse Pallas kernel's block lists (``kernel="pallas"``).
 LongLoRA uses it for fine-tuning only (``G = T / 4``) and full attention at inference.
 """
 
@@ -16,8 +17,9 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from lcm.attention import blockwise, core
+from lcm.attention import blockwise, core, pallas
 from lcm.attention import masks as masks_lib
+from lcm.attention.sparse import kernel_slots
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,22 +92,34 @@ def s2_attention(
     group_size: int,
     block_q: int = 128,
     block_kv: int = 128,
+    kernel: str = "blockwise",
+    interpret=None,
 ):
-    """``attend(..., impl="s2_attn", group_size=)``: blockwise attention per half of the heads.
+    """``attend(..., impl="s2_attn", group_size=, kernel=)``: tiled attention per half of the
+    heads, ``blockwise`` or ``pallas`` (which takes ``interpret`` and cannot run a hook).
 
     A positional ``logits_fn`` hook is applied per half (it sees that half's heads).
     """
     _check(q, k, group_size)
+    kernel_slots.check_kernel(kernel, "s2_attn")
+    if kernel == "pallas" and logits_fn is not None:
+        raise ValueError(
+            "s2_attn kernel 'pallas' cannot run a positional logits hook; use kernel 'blockwise'"
+        )
     n, kh = q.shape[2], k.shape[2]
     outs, lses = [], []
     for half, half_mask in enumerate(head_masks(mask, group_size)):
         q_h = q[:, :, half * n // 2 : (half + 1) * n // 2]
         kv = (k, v) if kh == 1 else (x[:, :, half * kh // 2 : (half + 1) * kh // 2] for x in (k, v))
-        out, lse = blockwise.blockwise_attention(
-            q_h, *kv, mask=half_mask, q_pos=q_pos, k_pos=k_pos, q_segment_ids=q_segment_ids,
+        common = dict(
+            mask=half_mask, q_pos=q_pos, k_pos=k_pos, q_segment_ids=q_segment_ids,
             kv_segment_ids=kv_segment_ids, logits_fn=logits_fn, scale=scale, return_lse=True,
             block_q=block_q, block_kv=block_kv,
         )  # fmt: skip
+        if kernel == "blockwise":
+            out, lse = blockwise.blockwise_attention(q_h, *kv, **common)
+        else:
+            out, lse = pallas.pallas_attention(q_h, *kv, interpret=interpret, **common)
         outs.append(out)
         lses.append(lse)
     lse = jnp.concatenate(lses, 2) if return_lse else None

@@ -156,6 +156,26 @@ def test_sink_window_on_the_kernel_through_the_front_door(inputs, dense, assert_
     assert_grads_match(jax.jit(fast), lambda qd, k, v: dense(qd, k, v, visible), q[:, rows], k, v)
 
 
+def test_s2_attn_on_the_kernel_through_the_front_door(inputs, dense, assert_grads_match):
+    """``impl="s2_attn", kernel="pallas"``: each half of the heads on the block-sparse adapter
+    with its (shifted) group mask; the dense rule is LongLoRA's offset block-diagonal form."""
+    t, group = 256, 128  # kv blocks of 128 (the kernel's TPU tiling): one group per kv block
+    q, k, v, pos = inputs(1, t, 4, 2, 8, seed=16)
+    i = np.arange(t)
+    causal = i[None, :] <= i[:, None]
+    plain = (i[:, None] // group == i[None, :] // group) & causal
+    shift = ((i[:, None] + group // 2) // group == (i[None, :] + group // 2) // group) & causal
+    visible = jnp.asarray(np.stack([plain] * 2 + [shift] * 2)[None])
+
+    def fast(q, k, v):
+        return attention.attend(
+            q, k, v, mask=attention.Causal(), impl="s2_attn", q_pos=pos, k_pos=pos,
+            group_size=group, block_q=64, block_kv=128, **GENERIC,
+        )  # fmt: skip
+
+    assert_grads_match(jax.jit(fast), lambda q, k, v: dense(q, k, v, visible), q, k, v)
+
+
 def test_kernel_choice_is_validated(inputs):
     q, k, v, pos = inputs(1, 8, 2, 1, 8)
     with pytest.raises(ValueError, match="moba kernel = 'triton'; allowed: blockwise, pallas"):
