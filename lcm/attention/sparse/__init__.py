@@ -8,8 +8,9 @@ has learned parameters, so it is not an ``attend`` implementation but a linen mo
 (``MODULE_IMPLS``).
 
 ``config.model.attention.sparse_kernel`` picks how ``moba``, ``hsa``, ``nsa`` (selection and
-window branches), ``s2_attn`` and ``sink_window`` compute their blocks: ``blockwise`` (plain JAX) or ``pallas``
-(the ``kernels_pallas`` block-sparse kernel, via ``kernel_slots`` and the ``pallas`` adapter).
+window branches), ``s2_attn`` and ``sink_window`` compute their blocks: ``blockwise`` (plain JAX)
+or ``pallas`` (the ``kernels_pallas`` block-sparse kernel, via ``kernel_slots`` and the ``pallas``
+adapter).
 """
 
 from lcm.attention.sparse import hsa as hsa
