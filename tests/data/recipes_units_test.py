@@ -47,34 +47,34 @@ def _rows(ds, n):
     return [next(it) for _ in range(n)]
 
 
-def test_concat_without_first_token_mask_is_the_plain_token_stream(repo_store):
-    """Every row continues the stream; each target is the next stream token, across units."""
+def test_concat_without_first_token_mask_is_one_stream_cut_and_shuffled(repo_store):
+    """Units back to back in one stream, cut into pieces, pieces reshuffled every epoch."""
     plan = units.documents(repo_store, np.arange(len(repo_store)))
     ds = units.packed_rows(
         repo_store, plan, length=8, packing="concat", packing_bins=2, mask_first_token=False,
         seed=3, process_index=0, process_count=1,
     )  # fmt: skip
-    total = sum(len(t) for t in REPO_FILES.values())  # 132 tokens = 16.5 rows of 8
-    rows = _rows(ds, 40)  # > 2 epochs
-    inputs = np.concatenate([r["inputs"] for r in rows])
-    targets = np.concatenate([r["targets"] for r in rows])
-    np.testing.assert_array_equal(targets[:-1], inputs[1:])  # one stream, shifted by one
+    rows = _rows(ds, 40)  # 320 inputs > 2 epochs of 131 (the stream's 132 tokens, last not input)
     for r in rows:  # no padding: concat fills every row
         np.testing.assert_array_equal(r["inputs_segment_ids"] > 0, True)
-    # The first epoch is every document exactly once, each whole (contiguous).
-    text = "".join(chr(t) for t in inputs[:total])
-    runs = [m for m in _runs(text)]
-    assert sorted(runs) == sorted(REPO_FILES.values())
-    assert "".join(chr(t) for t in inputs[total : 2 * total]) != text  # reshuffled next epoch
-
-
-def _runs(text):
-    out, start = [], 0
-    for i in range(1, len(text) + 1):
-        if i == len(text) or text[i] != text[start]:
-            out.append(text[start:i])
-            start = i
-    return out
+    inputs = np.concatenate([r["inputs"] for r in rows])
+    targets = np.concatenate([r["targets"] for r in rows])
+    epochs = [slice(0, 131), slice(131, 262)]
+    crossings = []
+    for e in epochs:
+        pairs = collections.Counter(zip(inputs[e].tolist(), targets[e].tolist(), strict=True))
+        # Oracle: within a file, each token is followed by the next (same letter); 7 pairs cross
+        # from one file to the next, each file entered and left at most once (one order).
+        within = {(ord(t[0]),) * 2: len(t) - 1 for t in REPO_FILES.values()}
+        cross = {p: c for p, c in pairs.items() if p[0] != p[1]}
+        assert {p: c for p, c in pairs.items() if p[0] == p[1]} == within
+        assert len(cross) == 7 and set(cross.values()) == {1}
+        assert len({a for a, _ in cross}) == 7 and len({b for _, b in cross}) == 7
+        crossings.append(cross)
+    assert crossings[0] == crossings[1]  # the same stream every epoch ...
+    assert not np.array_equal(inputs[epochs[0]], inputs[epochs[1]])  # ... in a new piece order
+    # Rows are shuffled pieces: the stream's order is not the row order.
+    assert (targets[:-1] != inputs[1:]).sum() > 5
 
 
 def test_fit_packing_gives_unit_pieces_each_once_per_epoch(repo_store):
@@ -136,6 +136,6 @@ def test_errors_are_clear(repo_store):
         units.packed_rows(repo_store, plan, packing="first_fit", mask_first_token=False, **kw)
     with pytest.raises(ValueError, match=r"config\.data\.packing = 'x': allowed"):
         units.packed_rows(repo_store, plan, packing="x", mask_first_token=True, **kw)
-    kw["process_count"] = 9
-    with pytest.raises(ValueError, match="8 units cannot be shared by 9 hosts"):
+    kw["process_count"] = 99
+    with pytest.raises(ValueError, match="21 pieces of length 8 from 8 units cannot be shared by 99"):
         units.packed_rows(repo_store, plan, packing="concat", mask_first_token=True, **kw)
