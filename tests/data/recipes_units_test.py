@@ -1,6 +1,7 @@
 """Unit recipes: documents, concat-by-repository (+ length mix) and the unit packer."""
 
 import collections
+import itertools
 
 import numpy as np
 import pytest
@@ -75,6 +76,29 @@ def test_concat_without_first_token_mask_is_one_stream_cut_and_shuffled(repo_sto
     assert not np.array_equal(inputs[epochs[0]], inputs[epochs[1]])  # ... in a new piece order
     # Rows are shuffled pieces: the stream's order is not the row order.
     assert (targets[:-1] != inputs[1:]).sum() > 5
+
+
+def test_concat_gives_every_unit_token_pair_once_per_epoch_in_shuffled_pieces(repo_store):
+    plan = units.repositories(repo_store, np.arange(len(repo_store)))
+    ds = units.packed_rows(
+        repo_store, plan, length=8, packing="concat", packing_bins=2, mask_first_token=True,
+        seed=1, process_index=0, process_count=1,
+    )  # fmt: skip
+    rows = _rows(ds, 32)  # 128 = (51 + 33 + 40 + 8) - 4 inputs per epoch: 16 rows, 2 epochs
+    inputs = np.concatenate([r["inputs"] for r in rows]).tolist()
+    targets = np.concatenate([r["targets"] for r in rows]).tolist()
+    want = collections.Counter()  # oracle: each unit's consecutive token pairs, nothing across
+    for u in plan:
+        t = np.concatenate([repo_store.read(a, b) for a, b in u]).tolist()
+        want.update(itertools.pairwise(t))
+    epochs = [slice(0, 128), slice(128, 256)]
+    for e in epochs:
+        assert collections.Counter(zip(inputs[e], targets[e], strict=True)) == want
+    assert inputs[epochs[0]] != inputs[epochs[1]]  # reshuffled
+    # Shuffled pieces: the repository changes between more than the 3 unit boundaries.
+    repo = {ord(c): r for r, letters in enumerate(("abcd", "ef", "g", "h")) for c in letters}
+    firsts = [repo[t] for t in inputs[0:128:8]]  # each row's first token's repository
+    assert sum(a != b for a, b in itertools.pairwise(firsts)) > 3
 
 
 def test_fit_packing_gives_unit_pieces_each_once_per_epoch(repo_store):
