@@ -114,9 +114,10 @@ def packed_rows(
 
     Pieces of at most ``length + 1`` tokens (``packing.split_pieces``) are cut from each unit
     (``mask_first_token = True``) or from all units back to back in a seeded order (``False``:
-    one stream, each unit's last token followed by the next unit's first), shuffled across
-    units with the seed and reshuffled every epoch, then packed. Every piece is used once per
-    epoch, and the rows of a batch come from pieces of many units.
+    one stream, each unit's last token followed by the next unit's first; its last piece, under
+    ``length`` inputs, is dropped, so each row is one contiguous stretch of the stream: plain
+    concat-and-chunk), shuffled across units with the seed and reshuffled every epoch, then
+    packed. Every piece is used once per epoch, and the rows of a batch come from many units.
 
     Raises:
       ValueError: fewer pieces than hosts, or ``mask_first_token = False`` without concat.
@@ -138,6 +139,8 @@ def packed_rows(
     if not mask_first_token:
         ends = ends[[0, -1]]  # one stream
     starts, stops = packing_lib.split_pieces(ends, np.arange(len(ends) - 1), length)
+    if not mask_first_token:  # drop the stream's short last piece: every row one full piece
+        starts, stops = starts[stops - starts == length + 1], stops[stops - starts == length + 1]
     if len(starts) < process_count:
         raise ValueError(
             f"{len(starts)} pieces of length {length} from {len(plan)} units cannot be shared "
