@@ -7,13 +7,14 @@ tokens of Untie the Knots count towards the budget), then evaluated with the ``l
 perplexity (``truncate`` protocol) at 1x, 2x and 4x the training length on held-out files, and
 passkey / NIAH (``niah_single_1``) exact-match scores at the same lengths. Recipes:
 
-- ``chunk``: concat-and-chunk (documents back to back, cut every ``seq_len``; no document masking;
-  every token predicted from the one before, across documents too);
+- ``chunk``: concat-and-chunk (documents back to back, cut every ``seq_len``, rows shuffled; no
+  document masking; every token predicted from the one before, across documents too);
 - ``packed``: best-fit packing with document masking (a document's first token never a target);
 - ``concat_by_repo``: ProLong, files of a package in path order, 40% of rows from packages
   shorter than 4x ``seq_len`` and 60% from longer ones, best-fit packed, document masking;
 - ``structured``: SPLiCe, breadth-first over files of the same package (same directory first),
-  top-2, concatenated, no document masking;
+  top-2, concatenated and cut into ``seq_len`` pieces, best-fit packed (a full piece is one row,
+  as the paper's truncated samples), no document masking;
 - ``untie_knots``: UtK, 1-3 chunks per document, shuffled with within-document order kept,
   marker tokens with masked loss (no chunk-order task);
 - ``decomposition``: Dataset Decomposition, buckets 32 .. ``seq_len``, one bucket per step.
@@ -54,7 +55,7 @@ RECIPES = {
     },
     "packed": {"recipe": "documents", "packing": "best_fit", "document_masking": True},
     "concat_by_repo": {"recipe": "concat_by_repo", "packing": "best_fit", "document_masking": True},
-    "structured": {"recipe": "structured", "packing": "concat", "document_masking": False},
+    "structured": {"recipe": "structured", "packing": "best_fit", "document_masking": False},
     "untie_knots": {"recipe": "untie_knots"},
     "decomposition": {"recipe": "decomposition"},
 }

@@ -1,5 +1,6 @@
 """Recipes through ``load_data``: selection from config, determinism, exact resume, curriculum."""
 
+import itertools
 import json
 
 import grain
@@ -10,6 +11,8 @@ import pytest
 from lcm import config as config_lib
 from lcm import data as data_lib
 from lcm.data import corpora
+
+from .conftest import write_text_corpus
 
 RECIPES = {
     "chunk": dict(
@@ -227,3 +230,26 @@ def test_concat_resumes_from_json_state_at_every_step(make_config, mask_first_to
         resumed = data.train_iterator()
         resumed.set_state(json.loads(json.dumps(it.get_state())))
         _same(_take(resumed, 3), first[stop : stop + 3])
+
+
+@pytest.mark.parametrize("name", ["chunk", "concat_by_repo", "structured_path"])
+def test_batches_mix_units_and_rows_do_not_continue_each_other(make_config, tmp_path, name):
+    """Regression: the unit recipes once streamed each unit whole into consecutive rows, so a
+    batch was one stretch of one document and adjacent rows continued each other."""
+    docs = write_text_corpus(tmp_path / "long", lengths=(150, 120, 100, 90, 130, 110, 80, 140))
+    config = make_config(data__path=str(tmp_path / "long"), **RECIPES[name])
+    batches = _take(data_lib.load_data(config).train_iterator(), 12)
+    texts = list(docs.values())
+
+    def text(row, seg):
+        return "".join(chr(t) for t in row[seg > 0])
+
+    def sources(row_text):  # documents holding one of the row's 6-grams (random letters)
+        grams = {row_text[i : i + 6] for i in range(len(row_text) - 5)}
+        return {d for d, t in enumerate(texts) if any(g in t for g in grams)}
+
+    rows = [text(r, s) for b in batches for r, s in zip(b["inputs"], b["segment_ids"], strict=True)]
+    continued = sum(any(a + b in t for t in texts) for a, b in itertools.pairwise(rows))
+    assert continued <= 0.2 * (len(rows) - 1), continued  # old code: 11 to 36 of 47
+    per_batch = [set().union(*(sources(r) for r in rows[i : i + 4])) for i in range(0, 48, 4)]
+    assert np.mean([len(s) for s in per_batch]) >= 2.5  # old code: 1.3 to 1.5 documents

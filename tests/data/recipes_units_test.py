@@ -1,6 +1,7 @@
 """Unit recipes: documents, concat-by-repository (+ length mix) and the unit packer."""
 
 import collections
+import itertools
 
 import numpy as np
 import pytest
@@ -47,34 +48,54 @@ def _rows(ds, n):
     return [next(it) for _ in range(n)]
 
 
-def test_concat_without_first_token_mask_is_the_plain_token_stream(repo_store):
-    """Every row continues the stream; each target is the next stream token, across units."""
+def test_concat_without_first_token_mask_is_one_stream_cut_and_shuffled(repo_store):
+    """concat-and-chunk: units back to back in one stream, cut into rows, rows reshuffled."""
     plan = units.documents(repo_store, np.arange(len(repo_store)))
     ds = units.packed_rows(
         repo_store, plan, length=8, packing="concat", packing_bins=2, mask_first_token=False,
         seed=3, process_index=0, process_count=1,
     )  # fmt: skip
-    total = sum(len(t) for t in REPO_FILES.values())  # 132 tokens = 16.5 rows of 8
-    rows = _rows(ds, 40)  # > 2 epochs
-    inputs = np.concatenate([r["inputs"] for r in rows])
-    targets = np.concatenate([r["targets"] for r in rows])
-    np.testing.assert_array_equal(targets[:-1], inputs[1:])  # one stream, shifted by one
-    for r in rows:  # no padding: concat fills every row
-        np.testing.assert_array_equal(r["inputs_segment_ids"] > 0, True)
-    # The first epoch is every document exactly once, each whole (contiguous).
-    text = "".join(chr(t) for t in inputs[:total])
-    runs = [m for m in _runs(text)]
-    assert sorted(runs) == sorted(REPO_FILES.values())
-    assert "".join(chr(t) for t in inputs[total : 2 * total]) != text  # reshuffled next epoch
+    # The stream has 132 tokens: 16 rows of 8 inputs (+ the next token as the last target);
+    # the last 3 inputs, short of a row, are dropped.
+    rows = []
+    for r in _rows(ds, 32):
+        np.testing.assert_array_equal(r["inputs_segment_ids"], 1)  # one piece fills each row
+        np.testing.assert_array_equal(r["targets"][:-1], r["inputs"][1:])
+        rows.append("".join(chr(t) for t in [*r["inputs"], r["targets"][-1]]))
+    epochs = rows[:16], rows[16:]
+    assert sorted(epochs[0]) == sorted(epochs[1]) and epochs[0] != epochs[1]  # reshuffled
+    # Oracle: some order of the files, back to back, cut into 9-token windows sharing a token.
+    texts = list(REPO_FILES.values())
+    cuts = [
+        sorted(stream[8 * i : 8 * i + 9] for i in range(16))
+        for stream in ("".join(o) for o in itertools.permutations(texts))
+    ]
+    assert sorted(epochs[0]) in cuts
+    # Shuffled: consecutive rows do not continue each other in the stream order.
+    assert sum(a[-1] != b[0] for a, b in itertools.pairwise(rows)) > 5
 
 
-def _runs(text):
-    out, start = [], 0
-    for i in range(1, len(text) + 1):
-        if i == len(text) or text[i] != text[start]:
-            out.append(text[start:i])
-            start = i
-    return out
+def test_concat_gives_every_unit_token_pair_once_per_epoch_in_shuffled_pieces(repo_store):
+    plan = units.repositories(repo_store, np.arange(len(repo_store)))
+    ds = units.packed_rows(
+        repo_store, plan, length=8, packing="concat", packing_bins=2, mask_first_token=True,
+        seed=1, process_index=0, process_count=1,
+    )  # fmt: skip
+    rows = _rows(ds, 32)  # 128 = (51 + 33 + 40 + 8) - 4 inputs per epoch: 16 rows, 2 epochs
+    inputs = np.concatenate([r["inputs"] for r in rows]).tolist()
+    targets = np.concatenate([r["targets"] for r in rows]).tolist()
+    want = collections.Counter()  # oracle: each unit's consecutive token pairs, nothing across
+    for u in plan:
+        t = np.concatenate([repo_store.read(a, b) for a, b in u]).tolist()
+        want.update(itertools.pairwise(t))
+    epochs = [slice(0, 128), slice(128, 256)]
+    for e in epochs:
+        assert collections.Counter(zip(inputs[e], targets[e], strict=True)) == want
+    assert inputs[epochs[0]] != inputs[epochs[1]]  # reshuffled
+    # Shuffled pieces: the repository changes between more than the 3 unit boundaries.
+    repo = {ord(c): r for r, letters in enumerate(("abcd", "ef", "g", "h")) for c in letters}
+    firsts = [repo[t] for t in inputs[0:128:8]]  # each row's first token's repository
+    assert sum(a != b for a, b in itertools.pairwise(firsts)) > 3
 
 
 def test_fit_packing_gives_unit_pieces_each_once_per_epoch(repo_store):
@@ -136,6 +157,6 @@ def test_errors_are_clear(repo_store):
         units.packed_rows(repo_store, plan, packing="first_fit", mask_first_token=False, **kw)
     with pytest.raises(ValueError, match=r"config\.data\.packing = 'x': allowed"):
         units.packed_rows(repo_store, plan, packing="x", mask_first_token=True, **kw)
-    kw["process_count"] = 9
-    with pytest.raises(ValueError, match="8 units cannot be shared by 9 hosts"):
+    kw["process_count"] = 99
+    with pytest.raises(ValueError, match="19 pieces of length 8 from 8 units cannot be"):
         units.packed_rows(repo_store, plan, packing="concat", mask_first_token=True, **kw)

@@ -28,11 +28,13 @@ Options shared by the unit recipes (``documents``, ``concat_by_repo``, ``structu
 ``document_masking`` (segments per unit, or one per row) and ``mask_first_token``. With
 ``mask_first_token = True`` (the plain pipeline's behavior, and ProLong's ``-100`` label on each
 document's first token) a unit's first token is never a target. With ``False`` (requires
-``packing = concat``) each unit is followed by the next unit's first token as its last target:
-plain concat-and-chunk, every token of the stream predicted from the one before it. Units are
-shuffled per epoch; ``packing = concat`` keeps each one contiguous across rows, the fit packers
-cut it into ``seq_len`` pieces. ``untie_knots`` rows are one segment each and ``decomposition``
-sequences come from one document each; both ignore ``packing`` and ``document_masking``.
+``packing = concat``) the units form one stream in a seeded order, each unit's last token
+followed by the next unit's first: plain concat-and-chunk, every token of the stream predicted
+from the one before it, each row one ``seq_len`` stretch (the stream's last partial row is
+dropped). Units (or that stream) are cut into ``seq_len`` pieces that are shuffled across units
+every epoch (``units.packed_rows``), so a batch holds pieces of many units. ``untie_knots`` rows
+are one segment each and ``decomposition`` sequences come from one document each; both ignore
+``packing`` and ``document_masking``.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ Each unit (training sample) is built breadth-first over related documents (``bfs
    empty; its documents are concatenated in traversal order.
 
 Every document is used exactly once. Unlike the paper, a sample is not truncated to ``seq_len``:
-its tail continues into the next rows like any unit (``lcm.data.recipes.units``), so no token is
-dropped (with ``packing = concat`` and no document masking, attention spans the sample's
-documents as in the paper).
+like any unit it is cut into ``seq_len`` pieces (``lcm.data.recipes.units``), its tail a shorter
+piece of its own, so no token is dropped. Without document masking, attention spans the sample's
+documents within a piece as in the paper; with ``packing = best_fit`` each full piece is one
+row (``concat`` lets a piece straddle two rows after a shorter one).
 
 Relations (``config.data.structured_relation``):
 

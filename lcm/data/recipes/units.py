@@ -1,12 +1,12 @@
 """Units: token-span lists that recipes build from documents, packed into rows with grain.
 
 A unit is a tuple of flat-array spans ``((start, stop), ...)`` of the tokenized corpus, read and
-concatenated in order (a document, a repository's files in path order, a SPLiCe sample). The
-stream (``packed_rows``): unit ids shuffled per epoch (``MapDataset.shuffle(seed).repeat()``,
-this host's ``ids[host::hosts]``), each unit read whole, cut into pieces for the first/best-fit
-packers (as ``lcm.data.packing.split_pieces`` does for documents: ``length + 1`` tokens, one
-shared) or passed whole to ``packing.ConcatThenSplit`` (``packing = concat``, so a unit stays
-contiguous across rows). ``finish`` mixes bucket streams row by row, batches and finalizes.
+concatenated in order (a document, a repository's files in path order, a SPLiCe sample).
+``packed_rows`` cuts units into pieces like ``lcm.data.packing`` cuts documents (``length + 1``
+tokens, one shared), shuffles the pieces of all units together (``MapDataset.shuffle(seed)
+.repeat()``, this host's ``pieces[host::hosts]``; a fresh order every epoch) and packs them, so
+the rows of a batch come from many units, never from one unit's consecutive stretch. ``finish``
+mixes bucket streams row by row, batches and finalizes.
 """
 
 from __future__ import annotations
@@ -74,49 +74,28 @@ def by_length(
     return buckets, [float(w) for _, w in length_mix]
 
 
-class _NextUnit:
-    """grain map_with_index: ``(index, unit id) -> (unit id, id of the unit after it)``."""
+class _ReadPiece:
+    """grain map: piece index -> ``{"inputs", "targets"}`` read through the unit stream.
 
-    def __init__(self, order: grain.MapDataset):
-        self._order = order
-
-    def __call__(self, index: int, unit_id: int) -> tuple[int, int]:
-        return unit_id, self._order[index + 1]
-
-
-class _UnitPieces:
-    """grain map: ``(unit id, next unit id) -> [{"inputs", "targets"}, ...]``.
-
-    With ``bridge`` the next unit's first token is appended as the last target. With ``split``
-    the unit is cut into pieces of at most ``length + 1`` tokens sharing one token; else it
-    stays whole.
+    The stream is the plan's units back to back (``stream_spans``); piece ``i`` is its tokens
+    ``[starts[i], stops[i])``, read from the corpus spans it covers.
     """
 
-    def __init__(self, corpus, plan: list[Unit], *, length: int, split: bool, bridge: bool):
-        self._corpus, self._plan = corpus, plan
-        self._length, self._split, self._bridge = length, split, bridge
+    def __init__(self, corpus, spans: np.ndarray, starts: np.ndarray, stops: np.ndarray):
+        self._corpus, self._starts, self._stops = corpus, starts, stops
+        self._flat = spans[:, 0]  # corpus offset of each span
+        self._at = np.concatenate([[0], np.cumsum(spans[:, 1] - spans[:, 0])])  # stream offsets
 
-    def __call__(self, pair: tuple[int, int]) -> list[dict[str, np.ndarray]]:
-        unit, after = pair
-        parts = [self._corpus.read(a, b) for a, b in self._plan[unit]]
-        if self._bridge:
-            first = self._plan[after][0][0]
-            parts.append(self._corpus.read(first, first + 1))
-        tokens = np.concatenate(parts)
-        n = len(tokens)
-        step = self._length if self._split else max(n - 1, 1)
-        return [
-            {"inputs": tokens[s : min(s + step, n - 1)], "targets": tokens[s + 1 : s + step + 1]}
-            for s in range(0, n - 1, step)
-        ]
-
-
-class _Flatten(grain.experimental.FlatMapTransform):
-    def __init__(self, max_fan_out: int):
-        self.max_fan_out = max_fan_out
-
-    def flat_map(self, element):
-        return element
+    def __call__(self, index: int) -> dict[str, np.ndarray]:
+        a, b = int(self._starts[index]), int(self._stops[index])
+        first = int(np.searchsorted(self._at, a, side="right")) - 1
+        parts = []
+        for s in range(first, int(np.searchsorted(self._at, b, side="left"))):
+            lo, hi = max(a, self._at[s]), min(b, self._at[s + 1])
+            shift = self._flat[s] - self._at[s]
+            parts.append(self._corpus.read(lo + shift, hi + shift))
+        piece = np.concatenate(parts)
+        return {"inputs": piece[:-1], "targets": piece[1:]}
 
 
 def packed_rows(
@@ -133,8 +112,15 @@ def packed_rows(
 ) -> grain.IterDataset:
     """Endless packed rows (grain packer output, not batched) of this host's share of ``plan``.
 
+    Pieces of at most ``length + 1`` tokens (``packing.split_pieces``) are cut from each unit
+    (``mask_first_token = True``) or from all units back to back in a seeded order (``False``:
+    one stream, each unit's last token followed by the next unit's first; its last piece, under
+    ``length`` inputs, is dropped, so each row is one contiguous stretch of the stream: plain
+    concat-and-chunk), shuffled across units with the seed and reshuffled every epoch, then
+    packed. Every piece is used once per epoch, and the rows of a batch come from many units.
+
     Raises:
-      ValueError: fewer units than hosts, or ``mask_first_token = False`` without concat.
+      ValueError: fewer pieces than hosts, or ``mask_first_token = False`` without concat.
     """
     if packing not in packing_lib.PACKINGS:
         raise ValueError(
@@ -145,19 +131,24 @@ def packed_rows(
             f"config.data.mask_first_token = False: needs config.data.packing = 'concat' "
             f"(got {packing!r}), so the next unit follows in the row"
         )
-    if len(plan) < process_count:
-        raise ValueError(f"{len(plan)} units cannot be shared by {process_count} hosts")
-    order = grain.MapDataset.range(len(plan))[process_index::process_count]
-    order = order.shuffle(seed=seed).repeat()
-    split = packing != "concat"
-    longest = max(unit_length(u) for u in plan) + 1
-    ds = order.map_with_index(_NextUnit(order)).map(
-        _UnitPieces(corpus, plan, length=length, split=split, bridge=not mask_first_token)
-    )
-    fan_out = -(-longest // length) if split else 1
-    ds = grain.experimental.FlatMapIterDataset(
-        ds.to_iter_dataset(packing_lib.READ_OPTIONS), _Flatten(fan_out)
-    )
+    order = np.arange(len(plan))
+    if not mask_first_token:
+        order = np.random.default_rng([seed, 1]).permutation(len(plan))
+    spans = np.array([span for u in order for span in plan[u]], dtype=np.int64).reshape(-1, 2)
+    ends = np.cumsum([0] + [unit_length(plan[u]) for u in order])
+    if not mask_first_token:
+        ends = ends[[0, -1]]  # one stream
+    starts, stops = packing_lib.split_pieces(ends, np.arange(len(ends) - 1), length)
+    if not mask_first_token:  # drop the stream's short last piece: every row one full piece
+        starts, stops = starts[stops - starts == length + 1], stops[stops - starts == length + 1]
+    if len(starts) < process_count:
+        raise ValueError(
+            f"{len(starts)} pieces of length {length} from {len(plan)} units cannot be shared "
+            f"by {process_count} hosts"
+        )
+    ds = grain.MapDataset.range(len(starts))[process_index::process_count]
+    ds = ds.shuffle(seed=seed).repeat().map(_ReadPiece(corpus, spans, starts, stops))
+    ds = ds.to_iter_dataset(packing_lib.READ_OPTIONS)
     lengths = {"inputs": length, "targets": length}
     if packing == "concat":
         return packing_lib.ConcatThenSplit(ds, length_struct=lengths)
