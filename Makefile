@@ -8,6 +8,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 WORKDIR ?= workdir/quickstart
+# pytest-xdist processes for the tests (each simulates its own 8 CPU devices)
+TEST_WORKERS ?= 2
 
 .PHONY: run test test-all lint format bench clean
 
@@ -39,11 +41,11 @@ lint: $(STAMP)
 
 test: lint
 	@echo ">> pytest (all but @slow)"
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q -n $(TEST_WORKERS) --durations=15
 
 test-all: lint
 	@echo ">> pytest (everything, including @slow)"
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 format: $(STAMP)
 	$(PY) -m ruff format .
