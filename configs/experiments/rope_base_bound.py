@@ -9,32 +9,16 @@ training batch is synthetic retrieval documents (passkey, NIAH, ...; ``data.synt
     python -m lcm.train --config configs/experiments/rope_base_bound.py:1000 --workdir DIR
 """
 
-from configs import base
+from configs.experiments import positional_schemes
 
 
 def get_config(rope_base: str = "10000"):
-    config = base.get_config()
+    """The ``rope`` model of ``positional_schemes`` at length 512 with RoPE base ``rope_base``."""
+    config = positional_schemes.get_config("rope")
     config.seq_len = 512
-    config.model.d_model = 128
-    config.model.num_layers = 2
-    config.model.num_heads = 4
-    config.model.num_kv_heads = 2
-    config.model.head_dim = 32
-    config.model.mlp_dim = 384
     config.model.positional.base = float(rope_base)
-    config.data.batch_size = 8
-    config.data.synthetic_share = 0.25
-    config.train.num_steps = 120
-    config.train.learning_rate = 3e-3
-    config.train.warmup_steps = 12
-    config.train.log_every = 20
-    config.train.eval_every = 120
-    config.train.eval_batches = 4
-    config.train.checkpoint_every = 120
-    config.train.max_checkpoints = 1
     config.eval.lengths = (512,)
     config.eval.tasks = ("perplexity", "passkey", "niah_single_1")
     config.eval.depths = (0.0, 0.25, 0.5, 0.75, 1.0)
     config.eval.samples_per_cell = 4
-    config.eval.num_documents = 4
     return config
