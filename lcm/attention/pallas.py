@@ -124,6 +124,26 @@ def _to_kernel(*xs):
     return tuple(x.transpose(0, 2, 1, 3) for x in xs)
 
 
+def _forward(arrays, rows, *, mask, scale, cq, ck, interpret=None):
+    """``(out, lse)`` in the kernels' layout: the flash kernel for ``Causal`` / ``Full``, else the
+    block-sparse kernel on ``mask``'s block lists. ``arrays`` = kernel-layout ``(q, k, v)``,
+    ``rows`` = ``(q_seg, kv_seg, q_pos, k_pos)``, blocks ``cq`` x ``ck``."""
+    causal = _flash_causal(mask)
+    if causal is not None:
+        return flash_attention(
+            *arrays, *rows, causal=causal, scale=scale, block_sizes=BlockSizes(cq, ck),
+            return_lse=True, interpret=interpret,
+        )  # fmt: skip
+    q_seg, kv_seg, q_pos, k_pos = rows
+    return with_lists(
+        mask, q_pos, k_pos, q_seg, kv_seg, cq, ck,
+        lambda lists: block_sparse_attention(
+            *arrays, lists, *rows, mask=KernelMask(mask), scale=scale, return_lse=True,
+            interpret=interpret,
+        ),
+    )  # fmt: skip
+
+
 @core.register(
     "pallas",
     core.Capabilities(
@@ -166,22 +186,10 @@ def pallas_attention(
     kv_seg = core.segments_or_ones(kv_segment_ids, k)
     q, q_pos, q_seg = (core.pad_to_multiple(x, cq) for x in (q, q_pos, q_seg))
     k, v, k_pos, kv_seg = (core.pad_to_multiple(x, ck) for x in (k, v, k_pos, kv_seg))
-    arrays = _to_kernel(q, k, v)
-    causal = _flash_causal(mask)
-    if causal is not None:
-        out, lse = flash_attention(
-            *arrays, q_seg, kv_seg, q_pos, k_pos, causal=causal, scale=scale,
-            block_sizes=BlockSizes(block_q=cq, block_kv=ck), return_lse=True,
-            interpret=interpret,
-        )  # fmt: skip
-    else:
-        out, lse = with_lists(
-            mask, q_pos, k_pos, q_seg, kv_seg, cq, ck,
-            lambda lists: block_sparse_attention(
-                *arrays, lists, q_seg, kv_seg, q_pos, k_pos, mask=KernelMask(mask), scale=scale,
-                return_lse=True, interpret=interpret,
-            ),
-        )  # fmt: skip
+    out, lse = _forward(
+        _to_kernel(q, k, v), (q_seg, kv_seg, q_pos, k_pos), mask=mask, scale=scale,
+        cq=cq, ck=ck, interpret=interpret,
+    )  # fmt: skip
     out = out.transpose(0, 2, 1, 3)[:, :t]
     return out, (lse.transpose(0, 2, 1)[:, :t] if return_lse else None)
 
@@ -200,19 +208,8 @@ def ring_tiles(*, mask, logits_fn, scale, block_q: int = 512, block_kv: int = 51
 
     def fwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg):
         cq, ck = sizes(q, k)
-        arrays, rows = _to_kernel(q, k, v), (q_seg, k_seg, q_pos, k_pos)
-        if causal is not None:
-            out, lse = flash_attention(
-                *arrays, *rows, causal=causal, scale=scale, block_sizes=BlockSizes(cq, ck),
-                return_lse=True,
-            )  # fmt: skip
-        else:
-            out, lse = with_lists(
-                mask, q_pos, k_pos, q_seg, k_seg, cq, ck,
-                lambda lists: block_sparse_attention(
-                    *arrays, lists, *rows, mask=KernelMask(mask), scale=scale, return_lse=True
-                ),
-            )  # fmt: skip
+        rows = (q_seg, k_seg, q_pos, k_pos)
+        out, lse = _forward(_to_kernel(q, k, v), rows, mask=mask, scale=scale, cq=cq, ck=ck)
         return out.transpose(0, 2, 1, 3), lse.transpose(0, 2, 1)
 
     def bwd_tile(q, k, v, q_pos, k_pos, q_seg, k_seg, out, lse, d_out, d_lse):
