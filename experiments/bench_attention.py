@@ -25,10 +25,9 @@ import argparse
 import json
 import os
 import resource
-import statistics
-import subprocess
 import sys
-import time
+
+import timing
 
 _GIB = 2**30
 # xla holds about this many [N, T, S] float32 arrays at its peak (logits, probabilities, and
@@ -64,12 +63,7 @@ def _run_case(args: argparse.Namespace) -> dict:
 
     def median_time(fn):
         fn = fn.lower(q, k, v).compile()  # compile only: a warm-up run at T = 131072 costs minutes
-        times = []
-        for _ in range(args.reps):
-            start = time.perf_counter()
-            jax.block_until_ready(fn(q, k, v))
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        return timing.median_seconds(fn, (q, k, v), args.reps, warm_up=False)
 
     result = {"fwd_s": median_time(fwd_jit), "fwd_bwd_s": median_time(grad_jit)}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GIB
@@ -114,12 +108,7 @@ def _case_line(args: argparse.Namespace, impl: str, length: int, window: int) ->
         f"--heads={args.heads}",
         f"--head_dim={args.head_dim}",
     ]
-    proc = subprocess.run(command, capture_output=True, text=True, check=False)
-    if proc.returncode:
-        line["error"] = proc.stderr.strip().splitlines()[-1:]
-    else:
-        line.update(json.loads(proc.stdout.strip().splitlines()[-1]))
-    return line
+    return timing.run_case(command, line)
 
 
 def main() -> None:

@@ -22,9 +22,7 @@ import argparse
 import functools
 import json
 import pathlib
-import statistics
 import sys
-import time
 
 # This checkout's kernels_pallas, not whichever one is installed.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
@@ -32,6 +30,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 import jax
 import jax.numpy as jnp
 import numpy as np
+import timing
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas.ops.tpu import flash_attention as jax_flash
 
@@ -42,17 +41,6 @@ from kernels_pallas.mask import PositionalMask
 
 def _emit(**fields):
     print(json.dumps(fields), flush=True)
-
-
-def _time(fn, *args, runs):
-    """Median wall seconds of ``fn(*args)`` after one warm-up (compile) call."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _inputs(b, n, t, h, dtype):
@@ -101,7 +89,7 @@ def bench_interpret(args):
                     # jax's kernel has no interpret argument: force the mode while tracing
                     # (passing True there selects the generic interpreter).
                     with pltpu.force_tpu_interpret_mode(params):
-                        seconds = _time(call, q, k, v, runs=args.runs)
+                        seconds = timing.median_seconds(call, (q, k, v), args.runs)
                     _emit(
                         bench="flash_interpret", backend=jax.default_backend(), impl=name,
                         mode=mode, pass_=pass_name, causal=causal, shape_bnth=[b, n, t, h],
@@ -182,7 +170,7 @@ def bench_compiled(args):
                 ("fwd+bwd", _with_grad(fn), 3.5 * flops_fwd),
             ):
                 try:
-                    seconds = _time(call, q, k, v, runs=args.runs)
+                    seconds = timing.median_seconds(call, (q, k, v), args.runs)
                 except Exception as e:  # e.g. cudnn refusing a shape: report, keep going
                     _emit(bench="flash_compiled", backend=backend, impl=name, pass_=pass_name,
                           causal=causal, error=f"{type(e).__name__}: {str(e)[:200]}")  # fmt: skip

@@ -15,15 +15,14 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 import argparse
 import json
 import pathlib
-import statistics
 import sys
-import time
 
 # This checkout's lcm, not whichever one is installed.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import jax
 import numpy as np
+import timing
 
 from lcm import attention
 from lcm.attention import ring
@@ -52,17 +51,6 @@ def fns(impl, block):
         return jax.grad(lambda q, k, v: fwd(q, k, v, *rows).sum(), argnums=(0, 1, 2))(q, k, v)
 
     return jax.jit(fwd), jax.jit(fwd_bwd)
-
-
-def median_time(fn, args, reps):
-    """Median wall seconds of ``fn(*args)`` over ``reps`` runs after one compiling run."""
-    jax.block_until_ready(fn(*args))  # compile
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def inputs(t, layout, shards, segments=False):
@@ -96,8 +84,8 @@ def main():
         for layout in ring.LAYOUTS:
             xs = inputs(args.seq, layout, 8)
             record = {"impl": "ring", "devices": 8, "layout": layout, "T": args.seq, **common}
-            record["fwd_s"] = median_time(fwd, xs, args.reps)
-            record["fwd_bwd_s"] = median_time(fwd_bwd, xs, args.reps)
+            record["fwd_s"] = timing.median_seconds(fwd, xs, args.reps)
+            record["fwd_bwd_s"] = timing.median_seconds(fwd_bwd, xs, args.reps)
             record["load"] = os.getloadavg()[0]
             print(json.dumps(record), flush=True)
         big = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in inputs(args.mem_seq, "zigzag", 8)]

@@ -21,10 +21,9 @@ import argparse
 import json
 import os
 import resource
-import statistics
-import subprocess
 import sys
-import time
+
+import timing
 
 _GIB = 2**30
 IMPLS = ("blockwise", "moba", "nsa")
@@ -69,14 +68,10 @@ def _run_case(args: argparse.Namespace) -> dict:
     grad_jit = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GIB
     compiled = grad_jit.lower(q, k, v).compile()
-    times = []
-    for _ in range(args.reps):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(q, k, v))
-        times.append(time.perf_counter() - start)
+    seconds = timing.median_seconds(compiled, (q, k, v), args.reps, warm_up=False)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GIB
     return {
-        "fwd_bwd_s": round(statistics.median(times), 3),
+        "fwd_bwd_s": round(seconds, 3),
         "base_rss_gib": round(base, 3),
         "peak_rss_gib": round(peak, 3),
     }
@@ -103,12 +98,7 @@ def _case_line(args: argparse.Namespace, impl: str, length: int) -> dict:
         f"--moba_block={args.moba_block}",
         f"--moba_top_k={args.moba_top_k}",
     ]
-    proc = subprocess.run(command, capture_output=True, text=True, check=False)
-    if proc.returncode:
-        line["error"] = proc.stderr.strip().splitlines()[-1:]
-    else:
-        line.update(json.loads(proc.stdout.strip().splitlines()[-1]))
-    return line
+    return timing.run_case(command, line)
 
 
 def main() -> None:

@@ -49,6 +49,7 @@ import bench_ring  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import timing  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
@@ -138,7 +139,7 @@ def measure(t: int, devices: int, layouts, block: int, reps: int):
             host = bench_ring.inputs(t, layout, devices, segments=True)
             xs = [jax.device_put(x, s) for x, s in zip(host, _shardings(mesh), strict=True)]
             record = {"T": t, "devices": devices, "layout": layout, "block": block, **memory}
-            record["fwd_bwd_s"] = bench_ring.median_time(compiled, xs, reps)
+            record["fwd_bwd_s"] = timing.median_seconds(compiled, xs, reps)
             record.update(balance(tile_counts(t, devices, layout, block)))
             record["load"] = round(os.getloadavg()[0], 2)
             yield record
