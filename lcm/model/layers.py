@@ -27,6 +27,9 @@ class RMSNorm(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
+    def normalize(self, x32: jax.Array) -> jax.Array:
+        return x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         scale = self.param(
@@ -35,34 +38,21 @@ class RMSNorm(nn.Module):
             (x.shape[-1],),
             self.param_dtype,
         )
-        x32 = x.astype(jnp.float32)
-        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        y = self.normalize(x.astype(jnp.float32))
         return (y * scale.astype(jnp.float32)).astype(self.dtype)
 
 
-class LayerNorm(nn.Module):
+class LayerNorm(RMSNorm):
     """Layer normalization (Ba et al. 2016, arXiv:1607.06450) with a learned scale and no bias,
     as in Cohere's models: ``(x - mean) / sqrt(var + eps) * scale``.
     """
 
-    axis_name: str = "embed"
     eps: float = 1e-5
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.param(
-            "scale",
-            sharding.param(nn.initializers.ones, (self.axis_name,)),
-            (x.shape[-1],),
-            self.param_dtype,
-        )
-        x32 = x.astype(jnp.float32)
+    def normalize(self, x32: jax.Array) -> jax.Array:
         centered = x32 - jnp.mean(x32, axis=-1, keepdims=True)
         variance = jnp.mean(centered * centered, axis=-1, keepdims=True)
-        y = centered * jax.lax.rsqrt(variance + self.eps)
-        return (y * scale.astype(jnp.float32)).astype(self.dtype)
+        return centered * jax.lax.rsqrt(variance + self.eps)
 
 
 # config.model.norm -> the residual-stream norm (lcm.config.NORMS lists the same names).
