@@ -141,8 +141,16 @@ def get_config() -> ConfigDict:
     config.data.utk_sort_task = False  # untie_knots: chunk ids + chunk-order recovery list
     config.data.decomposition_min = 128  # decomposition: shortest bucket (power of two, tokens)
     # Share of each training batch's rows packed from the synthetic_tasks corpus (passkey and
-    # RULER-style retrieval documents, lcm.data.synthetic) instead of data.corpus; 0 = off.
+    # RULER-style retrieval documents, lcm.data.synthetic) instead of data.corpus; 0 = off,
+    # 1 = every row synthetic (e.g. a retrieval fine-tune with train.init_from).
     config.data.synthetic_share = 0.0
+    # Tasks of the synthetic rows (lcm.data.synthetic.TASKS names without a code haystack);
+    # () = all of them.
+    config.data.synthetic_tasks = ()
+    config.data.synthetic_documents = 64  # synthetic_tasks corpus: documents per task
+    # Loss on synthetic rows: all (every next token) | answer (only the answer after the
+    # prompt; the retrieval circuit forms much sooner than under the full-context loss).
+    config.data.synthetic_loss = "all"
 
     # ---- training ------------------------------------------------------------------------
     config.train = ConfigDict()

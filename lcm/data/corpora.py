@@ -76,6 +76,7 @@ MAX_REPORTED_MALFORMED = 5  # file:line references of malformed JSONL lines kept
 class Document:
     name: str  # stable identifier; the held-out split hashes it
     text: str
+    answer: str = ""  # synthetic task documents: the trailing part of ``text`` that answers
 
 
 @dataclasses.dataclass(frozen=True)

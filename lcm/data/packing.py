@@ -29,7 +29,8 @@ Steps (``batches``):
      per row: documents attend to each other, as in plain concat-and-chunk);
    - ``positions``: with document masking, the position within the piece (restarting at 0 at
      every document or piece start); without it, ``0 .. length-1`` along the row;
-   - ``loss_mask``: 1 where ``targets`` is a real next token (``segment_ids != 0``), else 0.
+   - ``loss_mask``: 1 where ``targets`` is a real next token (``segment_ids != 0``), else 0;
+     with ``answer_tokens`` (answer-only loss) 1 only where the target is part of an answer.
 """
 
 from __future__ import annotations
@@ -101,14 +102,21 @@ def split_pieces(
 
 
 class _ReadPiece:
-    """grain map: piece index -> ``{"inputs", "targets"}`` read from the token cache."""
+    """grain map: piece index -> ``{"inputs", "targets"}`` read from the token cache, plus
+    ``loss_weights`` (1 from the token ``answer_from[index]`` of the corpus on) when given."""
 
-    def __init__(self, corpus: TokenizedCorpus, starts: np.ndarray, stops: np.ndarray):
+    def __init__(self, corpus: TokenizedCorpus, starts, stops, answer_from=None):
         self._corpus, self._starts, self._stops = corpus, starts, stops
+        self._answer_from = answer_from
 
     def __call__(self, index: int) -> dict[str, np.ndarray]:
-        piece = self._corpus.read(self._starts[index], self._stops[index])
-        return {"inputs": piece[:-1], "targets": piece[1:]}
+        start, stop = self._starts[index], self._stops[index]
+        piece = self._corpus.read(start, stop)
+        out = {"inputs": piece[:-1], "targets": piece[1:]}
+        if self._answer_from is not None:  # targets[j] is corpus token start + 1 + j
+            targets_at = np.arange(start + 1, stop)
+            out["loss_weights"] = (targets_at >= self._answer_from[index]).astype(np.int32)
+        return out
 
 
 class Finalize:
@@ -128,9 +136,13 @@ class Finalize:
                 ("positions", "inputs_positions"),
             ]
         }
-        out["loss_mask"] = (out["segment_ids"] != 0).astype(np.int32)
+        real = (out["segment_ids"] != 0).astype(np.int32)
+        out["loss_mask"] = real
+        if "loss_weights" in batch:
+            weights = np.pad(np.asarray(batch["loss_weights"]), ((0, missing), (0, 0)))
+            out["loss_mask"] = real * (weights != 0).astype(np.int32)
         if not self._document_masking:
-            out["segment_ids"] = out["loss_mask"].copy()
+            out["segment_ids"] = real.copy()
             out["positions"] = np.broadcast_to(
                 np.arange(self._length, dtype=np.int32), (self._rows, self._length)
             ).copy()
@@ -157,6 +169,7 @@ def batches(
     train: bool,
     process_index: int = 0,
     process_count: int = 1,
+    answer_tokens: np.ndarray | None = None,
 ) -> grain.IterDataset:
     """Packed batches of documents ``doc_ids`` of ``corpus``, this host's share.
 
@@ -173,6 +186,8 @@ def batches(
         is padded with empty rows (False).
       process_index: this host's index, in ``[0, process_count)``.
       process_count: number of hosts sharing the pieces.
+      answer_tokens: per corpus document, how many trailing tokens are its answer; when given,
+        ``loss_mask`` is 1 only on targets within a document's answer (answer-only loss).
 
     Raises:
       ValueError: unknown ``packing``, or fewer pieces than hosts.
@@ -188,8 +203,13 @@ def batches(
     ds = grain.MapDataset.range(len(starts))[process_index::process_count]
     if train:
         ds = ds.shuffle(seed=seed).repeat()
-    ds = ds.map(_ReadPiece(corpus, starts, stops)).to_iter_dataset(READ_OPTIONS)
+    answer_from = None
     lengths: dict[str, Any] = {"inputs": length, "targets": length}
+    if answer_tokens is not None:
+        doc_of_piece = np.searchsorted(corpus.offsets, starts, side="right") - 1
+        answer_from = corpus.offsets[doc_of_piece + 1] - answer_tokens[doc_of_piece]
+        lengths["loss_weights"] = length
+    ds = ds.map(_ReadPiece(corpus, starts, stops, answer_from)).to_iter_dataset(READ_OPTIONS)
     if packing == "concat":
         ds = ConcatThenSplit(ds, length_struct=lengths)
     else:

@@ -127,15 +127,18 @@ class Data:
             CORPORA.get(data.corpus)(data), tokenizer, data.cache_dir
         )
         self.synthetic: TokenizedCorpus | None = None
+        self.answer_tokens: np.ndarray | None = None  # per synthetic document, answer-only loss
         if data.synthetic_share > 0:
-            self.synthetic = tokenize_corpus(
-                CORPORA.get("synthetic_tasks")(data), tokenizer, data.cache_dir
-            )
+            synthetic_corpus = CORPORA.get("synthetic_tasks")(data)
+            self.synthetic = tokenize_corpus(synthetic_corpus, tokenizer, data.cache_dir)
             if not len(self.synthetic):
                 raise ValueError(
-                    f"config.data.synthetic_share = {data.synthetic_share}: no synthetic task "
-                    f"fits config.data.seq_len = {data.seq_len} tokens (passkey needs about 250)"
+                    f"config.data.synthetic_share = {data.synthetic_share}: no task of "
+                    f"{synthetic_corpus.manifest['tasks']} fits config.data.seq_len = "
+                    f"{data.seq_len} tokens (passkey needs about 250)"
                 )
+            if data.synthetic_loss == "answer":
+                self.answer_tokens = _answer_tokens(synthetic_corpus, self.synthetic, tokenizer)
         names = self.corpus.names
         by_repo = self.corpus.manifest.get("split_by") == "repository"  # file-level corpora
         groups = [repository(n) for n in names] if by_repo else None
@@ -188,7 +191,9 @@ class Data:
         rows = data.batch_size * data.seq_len // length // self.process_count
         synthetic_rows = self._synthetic_rows(length) if train else 0
 
-        def packed(corpus: TokenizedCorpus, doc_ids: np.ndarray, rows: int) -> grain.IterDataset:
+        def packed(
+            corpus: TokenizedCorpus, doc_ids: np.ndarray, rows: int, answer_tokens=None
+        ) -> grain.IterDataset:
             return packing_lib.batches(
                 corpus,
                 doc_ids,
@@ -201,12 +206,17 @@ class Data:
                 train=train,
                 process_index=host,
                 process_count=self.process_count,
+                answer_tokens=answer_tokens,
             )
 
-        main = packed(self.corpus, ids, rows - synthetic_rows)
         if not synthetic_rows:
-            return main
-        extra = packed(self.synthetic, np.arange(len(self.synthetic)), synthetic_rows)
+            return packed(self.corpus, ids, rows)
+        extra = packed(
+            self.synthetic, np.arange(len(self.synthetic)), synthetic_rows, self.answer_tokens
+        )
+        if synthetic_rows == rows:
+            return extra
+        main = packed(self.corpus, ids, rows - synthetic_rows)
         return grain.experimental.ZipIterDataset([main, extra]).map(_stack_rows)
 
     def _synthetic_rows(self, length: int) -> int:
@@ -217,10 +227,11 @@ class Data:
         rows = self.config.data.batch_size * self.config.data.seq_len // length
         rows //= self.process_count
         synthetic_rows = round(share * rows)
-        if not 0 < synthetic_rows < rows:
+        if not (0 < synthetic_rows < rows or share == 1):
             raise ValueError(
                 f"config.data.synthetic_share = {share}: gives {synthetic_rows} of the {rows} "
-                f"rows per host batch at length {length}; must give between 1 and {rows - 1}"
+                f"rows per host batch at length {length}; must give between 1 and {rows - 1} "
+                "(or be 1: every row synthetic)"
             )
         return synthetic_rows
 
@@ -264,6 +275,18 @@ class Data:
     def eval_documents(self) -> list[EvalDocument]:
         """Every held-out document, whole, sorted by name."""
         return [EvalDocument(self.corpus.names[i], self.corpus.document(i)) for i in self.eval_ids]
+
+
+def _answer_tokens(corpus, tokenized: TokenizedCorpus, tokenizer) -> np.ndarray:
+    """Per document, the trailing tokens that encode its ``answer`` (beyond its prompt's)."""
+    assert [d.name for d in corpus.documents] == tokenized.names
+    return np.array(
+        [
+            n - len(tokenizer.encode(d.text[: len(d.text) - len(d.answer)]))
+            for d, n in zip(corpus.documents, tokenized.lengths, strict=True)
+        ],
+        dtype=np.int64,
+    )
 
 
 def _stack_rows(pair: tuple[dict, dict]) -> dict[str, np.ndarray]:

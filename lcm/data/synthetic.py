@@ -25,8 +25,8 @@ haystack; other needles go to random positions. A sample is a pure function of
 ``(seed, task, length, depth, index)`` through a string-seeded ``random.Random``.
 
 The generators are registered in ``CORPORA`` as ``synthetic_tasks`` (prompt followed by the
-answer, ``SAMPLES_PER_TASK`` documents per task at ``config.data.seq_len`` bytes, every task that
-needs no corpus haystack), so the data pipeline can train on them.
+answer, ``config.data.synthetic_documents`` documents per task at ``config.data.seq_len`` bytes,
+the tasks of ``config.data.synthetic_tasks``), so the data pipeline can train on them.
 """
 
 from __future__ import annotations
@@ -83,7 +83,9 @@ KV_TEMPLATE = (
     "Extract the value corresponding to the specified key in the JSON object below.\n\n"
     "JSON data:\n{records}\n\nKey: {key}\nCorresponding value:"
 )
-SAMPLES_PER_TASK = 64  # synthetic_tasks corpus: documents per task
+
+
+SYNTHETIC_LOSSES = ("all", "answer")  # config.data.synthetic_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,6 +284,13 @@ def _tasks() -> dict[str, Task]:
 TASKS: dict[str, Task] = _tasks()
 
 
+def training_tasks(data_config) -> list[str]:
+    """The tasks of the ``synthetic_tasks`` corpus: ``data.synthetic_tasks`` or every task
+    that needs no code haystack."""
+    names = data_config.synthetic_tasks or [t for t, s in TASKS.items() if not s.needs_code]
+    return list(names)
+
+
 def _rng(seed: int, task: str, length: int, depth: float | None, index: int) -> random.Random:
     return random.Random(f"{seed}/{task}/{length}/{depth}/{index}")
 
@@ -333,24 +342,30 @@ def make_sample(
 
 @CORPORA.register("synthetic_tasks")
 def synthetic_corpus(data_config) -> Corpus:
-    """``SAMPLES_PER_TASK`` prompt+answer documents per task at ``seq_len`` bytes (no code)."""
+    """Prompt+answer documents at ``seq_len`` bytes: ``data.synthetic_documents`` per task.
+
+    The tasks are ``data.synthetic_tasks`` (empty: every task that needs no code haystack); a
+    task that does not fit ``seq_len`` gives no documents. Each document's ``answer`` is its
+    target (``" " + answers``) and a newline (where greedy evaluation stops), the text
+    ``data.synthetic_loss = "answer"`` trains on.
+    """
     documents = []
-    for task, spec in TASKS.items():
-        if spec.needs_code:
-            continue
-        for i in range(SAMPLES_PER_TASK):
+    for task in training_tasks(data_config):
+        for i in range(data_config.synthetic_documents):
             depth = _rng(data_config.split_seed, task, -1, None, i).random()
             sample = make_sample(
                 task, length=data_config.seq_len, depth=depth, index=i, seed=data_config.split_seed
             )
-            if sample is not None:
-                documents.append(Document(f"{task}/{i:04d}", sample.prompt + sample.target))
+            if sample is not None:  # the answer ends with the newline evaluation stops at
+                answer = sample.target + "\n"
+                documents.append(Document(f"{task}/{i:06d}", sample.prompt + answer, answer))
     documents.sort(key=lambda d: d.name)
     digest = hashlib.sha256()
     for doc in documents:
         digest.update(f"{doc.name}\0{doc.text}\n".encode())
     manifest = {
         "corpus": "synthetic_tasks",
+        "tasks": training_tasks(data_config),
         "documents": len(documents),
         "seq_len": data_config.seq_len,
         "seed": data_config.split_seed,
