@@ -14,13 +14,14 @@
    dynamic NTK (emozilla 2023), SelfExtend (Jin et al. 2024, arXiv:2401.01325) and LM-Infinite
    (Han et al. 2024, arXiv:2308.16137).
 4. A short fine-tune of the RoPE model at 4L with PI and with YaRN (``config.train.init_from``),
-   same tokens per step, evaluated the same way.
+   same tokens per step, evaluated the same way; with two controls of the same steps and
+   tokens: unscaled RoPE fine-tuned at 4L, and RoPE trained on at L.
 
 Writes ``experiments/results/length_extrapolation.md`` (table, checks, provenance) and
 ``length_extrapolation.png``. Models and eval outputs go to ``--workdir`` (default
-``workdir/experiments/positional-<setting>``, shared with ``passkey_depth.py``: the schemes are
-trained once and reused by whichever script runs second). ``--toy`` and ``--full`` write their
-results under the workdir unless ``--out`` is given.
+``workdir/experiments/positional-<setting>``, shared with ``passkey_depth.py``, whose retrieval
+models live in ``<scheme>_passkey/``; a model already trained there is reused). ``--toy`` and
+``--full`` write their results under the workdir unless ``--out`` is given.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ SETTINGS = {
         "eval.num_documents": 16,
     },
 }
-FINE_TUNE_STEPS = {"toy": 2, "default": 40, "full": 500}
+FINE_TUNE_STEPS = {"toy": 2, "default": 100, "full": 500}
 
 
 def scheme_config(scheme: str, setting: str):
@@ -122,14 +123,15 @@ def training_free(rope, length: int) -> dict:
     return {label: small_runs.override(rope, o) for label, o in variants.items()}
 
 
-def fine_tune_config(variant, rope_workdir: pathlib.Path, length: int, steps: int):
-    """``variant`` (a rescaled RoPE config) trained ``steps`` more steps at ``FACTOR * length``."""
+def fine_tune_config(variant, rope_workdir: pathlib.Path, length: int, steps: int, factor=FACTOR):
+    """``variant`` (a RoPE config, rescaled or not) trained ``steps`` more steps at
+    ``factor * length`` (``factor = 1``: the control, more training at L)."""
     batch = variant.data.batch_size
     return small_runs.override(
         variant,
         {
-            "seq_len": FACTOR * length,
-            "data.batch_size": max(batch // FACTOR, 1),  # same tokens per step as pretraining
+            "seq_len": factor * length,
+            "data.batch_size": max(batch // factor, 1),  # same tokens per step as pretraining
             "data.synthetic_share": 0.0,  # too few rows per batch at 4L for a share of them
             "train.init_from": str(rope_workdir),
             "train.num_steps": steps,
@@ -198,11 +200,14 @@ def _checks(rows: dict, length: int) -> list[str]:
         + f"; self_extend {rows['self_extend'][target]:.3g}, lm_infinite "
         f"{rows['lm_infinite'][target]:.3g}; plain RoPE {r[target]:.3g}."
     )
+    plain, more = rows[f"rope ft {FACTOR}L"], rows["rope ft L"]
     for method in ("pi", "yarn"):
         ft, free = rows[f"rope+{method}{FACTOR} ft"], rows[f"rope+{method}{FACTOR}"]
         lines.append(
             f"- {method} fine-tuned at {FACTOR}L: {ft[target]:.3g} at {FACTOR}L (training-free "
-            f"{free[target]:.3g}; plain RoPE at L {r[length]:.3g})."
+            f"{free[target]:.3g}; plain RoPE at L {r[length]:.3g}; controls with the same "
+            f"steps: unscaled RoPE fine-tuned at {FACTOR}L {plain[target]:.3g}, RoPE trained on "
+            f"at L {more[target]:.3g})."
         )
     return lines
 
@@ -223,13 +228,17 @@ def run(args) -> pathlib.Path:
     for label, config in variants.items():
         rows[label] = _ppl(small_runs.evaluate(config, work / "rope", label, log=log))
     steps = FINE_TUNE_STEPS[setting]
-    for method in ("pi", "yarn"):
-        label = f"rope+{method}{FACTOR}"
-        config = fine_tune_config(variants[label], work / "rope", length, steps)
-        ft_dir = work / f"rope_{method}{FACTOR}_ft"
-        small_runs.train(config, ft_dir, log=log)
+    tuned = {  # label -> (config, workdir name): PI and YaRN at 4L, and the two controls
+        f"rope+{m}{FACTOR} ft": (variants[f"rope+{m}{FACTOR}"], f"rope_{m}{FACTOR}_ft", FACTOR)
+        for m in ("pi", "yarn")
+    }
+    tuned[f"rope ft {FACTOR}L"] = (configs["rope"], f"rope_{FACTOR}L_ft", FACTOR)  # no scaling
+    tuned["rope ft L"] = (configs["rope"], "rope_L_ft", 1)  # the same steps at L
+    for label, (variant, name, factor) in tuned.items():
+        config = fine_tune_config(variant, work / "rope", length, steps, factor)
+        small_runs.train(config, work / name, log=log)
         eval_config = small_runs.override(config, {"eval.lengths": configs["rope"].eval.lengths})
-        rows[f"{label} ft"] = _ppl(small_runs.evaluate(eval_config, ft_dir, label, log=log))
+        rows[label] = _ppl(small_runs.evaluate(eval_config, work / name, name, log=log))
 
     lengths = list(configs["rope"].eval.lengths)
     png = out / f"{NAME}.png"
@@ -238,10 +247,9 @@ def run(args) -> pathlib.Path:
         rows,
         {
             f"trained at L={length} (same data, seed, steps)": list(SCHEMES),
-            f"RoPE model: training-free x{FACTOR} (dashed) and {FACTOR}L fine-tune": [
+            f"RoPE model: training-free x{FACTOR} (dashed) and {steps}-step fine-tunes": [
                 *trained_free,
-                f"rope+pi{FACTOR} ft",
-                f"rope+yarn{FACTOR} ft",
+                *tuned,
             ],
         },
         list(variants),
@@ -285,7 +293,10 @@ def run(args) -> pathlib.Path:
             f"- Fine-tune: {steps} steps at {FACTOR}L = {FACTOR * length} "
             f"({max(c.data.batch_size // FACTOR, 1)} rows, the same tokens per step), lr "
             f"{c.train.learning_rate / 3:g}, from the RoPE checkpoint (`config.train.init_from`),"
-            " stdlib only, with PI or YaRN applied during fine-tuning and evaluation.",
+            " stdlib only, with PI or YaRN applied during fine-tuning and evaluation. Two "
+            f"controls with the same steps and tokens: `rope ft {FACTOR}L` (unscaled RoPE "
+            f"fine-tuned at {FACTOR}L) and `rope ft L` (RoPE trained on at L, "
+            f"{c.data.batch_size} rows).",
             "",
             "## Perplexity (bytes) by evaluation length",
             "",

@@ -12,9 +12,11 @@
 2. The claim at tiny scale: byte-level RoPE models trained at L = 512 (head_dim 32, whose bound
    is about 1.25e4) with a base below and above the bound (``configs/experiments/
    rope_base_bound.py:<base>``, same data, seed and steps, a quarter of each batch synthetic
-   retrieval documents); passkey and NIAH (``niah_single_1``) retrieval at L over needle depths,
-   and perplexity at L. The paper: a base below the bound keeps perplexity low but loses
-   retrieval ("superficial long-context capability").
+   retrieval documents) for perplexity at L, and the same two trained from scratch on retrieval
+   alone (``small_runs.retrieval_train``: every row a fresh passkey or NIAH document, loss on
+   the answer alone) for passkey and NIAH (``niah_single_1``) retrieval at L over needle
+   depths. The paper: a base below the bound keeps perplexity low but loses retrieval
+   ("superficial long-context capability").
 
 Writes ``experiments/results/rope_base_bound.md`` and ``rope_base_bound.png``.
 """
@@ -55,6 +57,7 @@ SETTINGS = {
     "toy": {
         "table": (1024, 2048),
         "bases": (1e3, 1e5),
+        "tune": {"steps": 2, "data.batch_size": 4},
         "overrides": {
             "seq_len": 256,
             "model.d_model": 32,
@@ -78,11 +81,13 @@ SETTINGS = {
     "default": {
         "table": tuple(n for n in PAPER if n <= 32768),  # --full: to 1M (minutes each)
         "bases": (1e3, 1e5),
+        "tune": {"steps": 600, "data.batch_size": 8},
         "overrides": {"train.peak_flops": 1e9},  # MFU is not reported; skip the matmul timing
     },
     "full": {
         "table": tuple(PAPER),
         "bases": (1e2, 1e3, 5e3, 1e4, 2e4, 1e5, 1e6),
+        "tune": {"steps": 2000, "data.batch_size": 32},
         "overrides": {
             "model.d_model": 512,
             "model.num_layers": 8,
@@ -177,15 +182,23 @@ def run(args) -> pathlib.Path:
     setting = SETTINGS[args.setting]
     table = bound_table(setting["table"], log)
     models = {}
+    tune = dict(setting["tune"])
+    steps = tune.pop("steps")
     for base in setting["bases"]:
         config = config_lib.load_config(f"{CONFIG}:{base:g}")
         config = small_runs.override(config, setting["overrides"])
         workdir = work / f"base{base:g}"
         final = small_runs.train(config, workdir, log=log)
-        results = small_runs.evaluate(config, workdir, "retrieval", log=log)
+        lm = small_runs.override(config, {"eval.tasks": ("perplexity",)})
+        perplexity = small_runs.evaluate(lm, workdir, "perplexity", log=log)["perplexity"]
+        tasks = tuple(t for t in config.eval.tasks if t != "perplexity")
+        retrieval = small_runs.override(config, {**tune, "eval.tasks": tasks})
+        retrieval_dir = work / f"base{base:g}_retrieval"
+        small_runs.retrieval_train(retrieval, retrieval_dir, steps=steps, tasks=tasks, log=log)
+        results = small_runs.evaluate(retrieval, retrieval_dir, "retrieval", log=log)
         models[base] = {
             "eval_loss": final.get("eval_loss"),
-            "perplexity": results["perplexity"]["results"][0]["perplexity"],
+            "perplexity": perplexity["results"][0]["perplexity"],
             "tasks": results["tasks"],
         }
     length, head_dim = config.seq_len, config.model.head_dim
@@ -257,9 +270,16 @@ def run(args) -> pathlib.Path:
             f"{c.data.batch_size} x {length} bytes (seed {c.train.seed}) on stdlib code with "
             f"{c.data.synthetic_share:.0%} of each batch's rows synthetic retrieval documents "
             "(passkey, NIAH, KV retrieval, FWE at 512 bytes; `config.data.synthetic_share`).",
+            f"- Retrieval models (same architecture and bases, from scratch, "
+            f"`small_runs.retrieval_train`): {steps} steps of "
+            f"{tune['data.batch_size']} x {length} bytes, every row a fresh "
+            f"{' or '.join(tasks)} document, loss on the answer and its newline alone "
+            '(`config.data.synthetic_loss = "answer"`), peak lr '
+            f"{c.train.learning_rate:g}, warmup 10 %, cosine.",
             f"- Bound for head_dim {head_dim} and L = {length}: min_base = {bound:.4g}.",
-            f"- Evaluation at L: perplexity (`truncate`, {c.eval.num_documents} held-out "
-            f"packages), and `passkey` / `niah_single_1` at depths "
+            f"- Evaluation at L: perplexity of the language model (`truncate`, "
+            f"{c.eval.num_documents} held-out packages), and retrieval of the retrieval model: "
+            f"`passkey` / `niah_single_1` at depths "
             f"{[f'{100 * d:g}%' for d in c.eval.depths]}, {c.eval.samples_per_cell} samples "
             "each, greedy exact match and the teacher-forced answer NLL (nats per token).",
             "",

@@ -47,12 +47,17 @@ def test_fine_tune_keeps_tokens_per_step_and_starts_from_rope(tmp_path):
     assert ft.data.batch_size * ft.seq_len == rope.data.batch_size * rope.seq_len
     assert ft.train.init_from == str(tmp_path / "rope") and ft.train.num_steps == 40
     assert ft.model.positional.rope_scaling.rope_type == "linear"
+    control = le.fine_tune_config(rope, tmp_path / "rope", 256, 40, factor=1)
+    config_lib.validate(control)
+    assert (control.seq_len, control.data.batch_size) == (256, rope.data.batch_size)
+    assert control.model.positional.to_json() == rope.model.positional.to_json()
 
 
 def test_checks_quote_the_numbers():
     rows = {k: {128: 3.0, 256: 2.0, 512: 9.0, 1024: 50.0} for k in le.SCHEMES}
     for k in ("rope+pi4", "rope+ntk4", "rope+yarn4", "rope+dynamic4", "self_extend",
-              "lm_infinite", "rope+pi4 ft", "rope+yarn4 ft"):  # fmt: skip
+              "lm_infinite", "rope+pi4 ft", "rope+yarn4 ft", "rope ft 4L",
+              "rope ft L"):  # fmt: skip
         rows[k] = {128: 3.0, 256: 2.0, 512: 4.0, 1024: 5.0}
     lines = le._checks(rows, 256)
     assert lines[0] == ("- RoPE just past L: perplexity 2 at L, 9 at 2L, 50 at 4L (x4.50 at 2L).")
