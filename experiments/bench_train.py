@@ -30,6 +30,14 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+if __name__ == "__main__":  # host devices must be fixed before jax initializes its backend
+    _devices = argparse.ArgumentParser(add_help=False)
+    _devices.add_argument("--devices", type=int, default=1)
+    if (_n := _devices.parse_known_args()[0].devices) > 1:
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={_n}"
+        ).strip()
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,7 +77,7 @@ def _time(call, steps):
     return statistics.median(walls), statistics.median(cpus)
 
 
-def _config(impl, seq_len, batch_size, block, scan_layers, remat):
+def _config(impl, seq_len, batch_size, block, scan_layers, remat, devices=1):
     config = config_lib.load_config(str(config_lib.REPO_ROOT / "configs" / "quickstart.py"))
     config.seq_len = seq_len
     config.data.batch_size = batch_size
@@ -77,14 +85,14 @@ def _config(impl, seq_len, batch_size, block, scan_layers, remat):
     config.model.attention.block_q = config.model.attention.block_kv = block
     config.model.scan_layers = scan_layers
     config.model.remat_policy = remat
-    config.mesh.shape = (1, 1, 1, 1)
+    config.mesh.shape = (devices, 1, 1, 1)  # data parallel over the host devices
     return config
 
 
 def bench(impl, seq_len, batch_size, steps, peak, block, scan_layers=True, remat="none",
-          breakdown=False):  # fmt: skip
-    config = _config(impl, seq_len, batch_size, block, scan_layers, remat)
-    mesh = mesh_lib.make_mesh(config.mesh, devices=jax.devices()[:1])
+          breakdown=False, devices=1):  # fmt: skip
+    config = _config(impl, seq_len, batch_size, block, scan_layers, remat, devices)
+    mesh = mesh_lib.make_mesh(config.mesh, devices=jax.devices()[:devices])
     rules = sharding.validate_rules(config.mesh.rules, config.mesh.axes)
     spec = model_lib.build_spec(config)
     model = model_lib.Transformer(spec)
@@ -120,6 +128,7 @@ def bench(impl, seq_len, batch_size, steps, peak, block, scan_layers=True, remat
         "batch": batch_size,
         "scan_layers": scan_layers,
         "remat": remat,
+        "devices": devices,
         "step_s": step_s,
         "step_cpu_s": step_cpu,
         "tokens_per_sec": tokens_per_sec,
@@ -231,13 +240,19 @@ def main():
     parser.add_argument("--scan-layers", type=int, choices=(0, 1), default=1)
     parser.add_argument("--remat", default="none")
     parser.add_argument("--breakdown", action="store_true", help="also time the step's parts")
+    parser.add_argument(
+        "--devices", type=int, default=1,
+        help="data-parallel over this many host devices (XLA_FLAGS host_platform_device_count)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.devices > 1 and args.breakdown:
+        parser.error("--breakdown times the pieces on one device; use --devices 1")
     peak = metrics.measure_peak_flops(2048)
     for impl in args.impl:
         for block in args.block if impl in ("blockwise", "pallas") else args.block[:1]:
             record = bench(
                 impl, args.seq, args.batch, args.steps, peak, block, bool(args.scan_layers),
-                args.remat, args.breakdown,
+                args.remat, args.breakdown, args.devices,
             )  # fmt: skip
             print(json.dumps(record), flush=True)
     if args.breakdown:

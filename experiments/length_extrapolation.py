@@ -277,9 +277,8 @@ def run(args) -> pathlib.Path:
             f"{m.mlp_dim}; trained at L = {length} for {c.train.num_steps} steps of "
             f"{c.data.batch_size} x {length} tokens, seed {c.train.seed}, lr "
             f"{c.train.learning_rate}, on the stdlib corpus with {c.data.synthetic_share:.0%} of "
-            "each batch's rows synthetic passkey documents (`config.data.synthetic_share`; the "
-            "same models are used by "
-            "`passkey_depth.py`). Config: `configs/experiments/positional_schemes.py:<scheme>`.",
+            "each batch's rows synthetic passkey documents (`config.data.synthetic_share`). "
+            "Config: `configs/experiments/positional_schemes.py:<scheme>`.",
             f"- Held-out loss at the end of training (nats/byte, {c.train.eval_batches} batches at"
             f" L): {loss}.",
             f"- Evaluation: `lcm.eval` perplexity, `truncate` protocol, the first "
