@@ -15,13 +15,15 @@ def test_bound_table_matches_the_paper_at_1k_and_keeps_b_nonnegative():
 
 
 def test_configs_differ_only_in_the_base_and_bases_straddle_the_bound():
-    low, high = (config_lib.load_config(f"{rbb.CONFIG}:{b:g}") for b in (1e3, 1e5))
-    assert (low.model.positional.base, high.model.positional.base) == (1e3, 1e5)
+    low, *_, high = (config_lib.load_config(f"{rbb.CONFIG}:{b:g}") for b in (1e2, 1e3, 1e4))
+    assert (low.model.positional.base, high.model.positional.base) == (1e2, 1e4)
     low.unlock()
-    low.model.positional.base = 1e5
+    low.model.positional.base = 1e4
     assert low.to_json() == high.to_json()
     bound = rbb.base_bound.min_base(high.seq_len, high.model.head_dim)
-    assert 1e3 < bound < 1e5
+    assert rbb.SETTINGS["default"]["bases"] == (1e2, 1e3, 1e4) and 1e3 < bound < 1e4
+    assert rbb._first_negative(1e2, 256, 32) == "m = 28"
+    assert rbb._first_negative(1e4, 256, 32) == "none up to 256"
 
 
 @pytest.mark.slow  # trains 2 tiny models and evaluates retrieval: minutes on a shared CPU
