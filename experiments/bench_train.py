@@ -1,12 +1,17 @@
 """Training throughput and MFU of the quickstart model at sequence 2048 on this machine.
 
     python experiments/bench_train.py [--seq 2048] [--batch 4] [--steps 5] [--impl blockwise xla]
-        [--block 128 512] [--scan-layers 1] [--remat none] [--breakdown]
+        [--block 128 512] [--scan-layers 1] [--remat none] [--devices 1] [--breakdown]
 
 Prints one JSON line per (attention implementation, block size). MFU = tokens/s x model FLOPs
 per token (``lcm.train.metrics.train_flops_per_token``: 6 x matmul params + attention, causal
 at half) divided by the float32 matmul peak of this machine measured in the same run (a 2048^3
 ``jnp.dot``, best of 5). Batches are synthetic tokens (the step does not depend on content).
+
+``--devices N`` trains data-parallel over N host devices (``XLA_FLAGS=
+--xla_force_host_platform_device_count=N``, mesh ``data=N``; the peak is still one device's
+matmul, which uses every core). On a CPU this is how the attention loops use more than one
+core: a single device runs blockwise attention's tile loop on one core.
 
 ``--breakdown`` also times the pieces of one step on the same shapes, each jitted alone:
 attention forward+backward (``attend`` at the model's q/k/v shapes, times the number of
