@@ -231,10 +231,10 @@ def write_report(records, info, out: pathlib.Path) -> None:
         f"at start {tuple(round(x, 2) for x in info['load_start'])}, at end "
         f"{tuple(round(x, 2) for x in info['load_end'])}",
         "",
-        "The machine is shared by several people running tests: wall times are inflated and "
-        "noisy (the `load` column is the 1-minute load average when a case started); memory "
-        "figures are not affected. Raw JSON lines: `attention_benchmarks.jsonl`. Sources and "
-        "their arguments:",
+        "Wall times grow with the machine's load (the `load` column is the 1-minute load "
+        "average when a case started; above 2 on this 2-core host, other processes competed); "
+        "memory figures are not affected. Raw JSON lines: `attention_benchmarks.jsonl`. "
+        "Sources and their arguments:",
         "",
         *(f"- `{name}.py {' '.join(a)}`" for name, a in info["sources"].items()),
         *(f"- included: `{p}`" for p in info["included"]),
