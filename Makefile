@@ -11,7 +11,7 @@ WORKDIR ?= workdir/quickstart
 # pytest-xdist processes for the tests (each simulates its own 8 CPU devices)
 TEST_WORKERS ?= 2
 
-.PHONY: run test test-all lint format bench clean
+.PHONY: run test test-all lint format clean
 
 $(PY):
 	@echo ">> creating $(VENV) with $(PYTHON)"
