@@ -150,9 +150,15 @@ def test_word_lists_disjoint_and_pinned():
 
 
 def test_synthetic_corpus_registered():
-    corpus = CORPORA.get("synthetic_tasks")(ConfigDict({"seq_len": 512, "split_seed": 0}))
+    fields = {"seq_len": 512, "split_seed": 0, "synthetic_tasks": (), "synthetic_documents": 8}
+    corpus = CORPORA.get("synthetic_tasks")(ConfigDict(fields))
     tasks = {d.name.split("/")[0] for d in corpus.documents}
     assert "passkey" in tasks and not tasks & {"niah_single_2", "niah_multivalue"}  # no code
     lengths = np.array([len(d.text.encode()) for d in corpus.documents])
     assert lengths.max() <= 512 and corpus.manifest["documents"] == len(corpus.documents)
-    assert CORPORA.get("synthetic_tasks")(ConfigDict({"seq_len": 512, "split_seed": 0})) == corpus
+    for doc in corpus.documents:  # the answer ends the text, with the newline decoding stops at
+        assert doc.answer.endswith("\n") and doc.text.endswith(doc.answer) and doc.answer.strip()
+    assert CORPORA.get("synthetic_tasks")(ConfigDict(fields)) == corpus
+    only = CORPORA.get("synthetic_tasks")(ConfigDict({**fields, "synthetic_tasks": ("passkey",)}))
+    assert {d.name.split("/")[0] for d in only.documents} == {"passkey"}
+    assert len(only.documents) == 8
