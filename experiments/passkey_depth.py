@@ -11,8 +11,8 @@ Jaggi 2023, arXiv:2305.16300; ``lcm.data.synthetic``), the loss on the answer al
 (``config.data.synthetic_loss = "answer"``). It is scored on passkey at lengths L .. 8L and
 needle depths 0 .. 100 %: greedy decoding, exact match of the key, and the teacher-forced NLL
 of the answer. (The language models of ``length_extrapolation.py``, a quarter of whose rows are
-passkey documents under the full-context loss, score 0 % in every cell: the 7 answer bytes of a
-row are swamped by its ~250 easy filler bytes.)
+passkey documents under the full-context loss, scored 0 % in every cell after 120 steps: the 7
+answer bytes of a row are swamped by its ~250 easy filler bytes.)
 
 At 256 bytes the passkey prompt has room for almost no filler (the template alone is about 250
 bytes), so training teaches copying a key from about 60-100 bytes back; longer contexts test
