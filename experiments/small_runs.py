@@ -151,12 +151,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 def override(config, overrides: dict):
     """A copy of ``config`` with ``{"a.b": value}`` set (``seq_len`` also sets ``data.seq_len``)."""
     config = config.copy_and_resolve_references()
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+    config.update_from_flattened_dict(overrides)
     if "seq_len" in overrides:
         config.data.seq_len = overrides["seq_len"]
     return config

@@ -41,12 +41,7 @@ def make_config(tmp_path, text_docs):
         config.data.batch_size = 4
         config.data.packing_bins = 4
         config.data.eval_fraction = 0.25
-        for key, value in overrides.items():
-            *parents, leaf = key.split("__")
-            node = config
-            for part in parents:
-                node = node[part]
-            node[leaf] = value
+        config.update_from_flattened_dict({k.replace("__", "."): v for k, v in overrides.items()})
         return config_lib.validate(config)
 
     return make

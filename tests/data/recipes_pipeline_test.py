@@ -207,12 +207,7 @@ def test_stdlib_files_corpus_and_repository_split(tmp_path):
 def test_config_validation_messages(overrides, message):
     config = config_lib.base_config()
     config.unlock()
-    for key, value in overrides.items():
-        *parents, leaf = key.split("__")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+    config.update_from_flattened_dict({k.replace("__", "."): v for k, v in overrides.items()})
     with pytest.raises(ValueError) as info:
         config_lib.validate(config)
     assert message in str(info.value)

@@ -14,12 +14,7 @@ TINY = str(config_lib.REPO_ROOT / "configs" / "tiny.py")
 def tiny_config(**overrides):
     """``configs/tiny.py`` with ``a__b=value`` overrides (unlocked copy)."""
     config = config_lib.load_config(TINY)
-    for key, value in overrides.items():
-        *parents, leaf = key.split("__")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+    config.update_from_flattened_dict({k.replace("__", "."): v for k, v in overrides.items()})
     return config
 
 

@@ -15,12 +15,7 @@ def make_config(**fields):
     config = config_lib.load_config(str(config_lib.REPO_ROOT / "configs" / "tiny.py"))
     config.model.num_heads = 4
     config.model.num_kv_heads = 2
-    for key, value in fields.items():
-        node = config
-        *parents, leaf = key.split("__")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+    config.update_from_flattened_dict({k.replace("__", "."): v for k, v in fields.items()})
     return config
 
 

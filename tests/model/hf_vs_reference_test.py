@@ -327,12 +327,9 @@ def test_missing_and_unused_tensors_are_refused(tmp_path):
 def test_save_refuses_what_no_family_has(model_overrides, message, tmp_path):
     config = config_lib.base_config()
     config.model.scale_tied_logits = False
-    for key, value in model_overrides.items():
-        node = config.model
-        *parents, leaf = key.split("__")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+    config.model.update_from_flattened_dict(
+        {k.replace("__", "."): v for k, v in model_overrides.items()}
+    )
     with pytest.raises(ValueError, match=message):
         hf.hf_config(config)
 

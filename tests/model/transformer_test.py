@@ -15,12 +15,7 @@ from lcm.model import layers
 
 def _config(**model):
     config = config_lib.load_config(str(config_lib.REPO_ROOT / "configs" / "tiny.py"))
-    for key, value in model.items():
-        node = config.model
-        *parents, leaf = key.split("__")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+    config.model.update_from_flattened_dict({k.replace("__", "."): v for k, v in model.items()})
     return config
 
 

@@ -24,12 +24,7 @@ def main(process_id: int, port: int, workdir: str, settings: dict) -> None:
     jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
     config = config_lib.load_config(str(config_lib.REPO_ROOT / "configs" / "tiny.py"))
     stop_after = settings.pop("stop_after")
-    for key, value in settings.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+    config.update_from_flattened_dict(settings)
     log = lambda s: print(f"[{process_id}] {s}", flush=True)  # noqa: E731
     if stop_after is None:
         last = loop.train(config, workdir, log=log)

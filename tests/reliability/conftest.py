@@ -40,12 +40,7 @@ def tiny_config(tmp_path, **more):
     """configs/tiny.py with ``overrides(tmp_path)`` and ``more`` (``a__b=v`` sets ``a.b``)."""
     config = config_lib.load_config(TINY)
     settings = {**overrides(tmp_path), **{k.replace("__", "."): v for k, v in more.items()}}
-    for key, value in settings.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+    config.update_from_flattened_dict(settings)
     return config
 
 

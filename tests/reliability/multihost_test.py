@@ -101,10 +101,7 @@ def test_two_processes_train_checkpoint_resume_like_one(tmp_path, tiny_overrides
         "stop_after": STOP_AFTER,
     }
     config = config_lib.load_config(str(config_lib.REPO_ROOT / "configs" / "tiny.py"))
-    for key, value in settings.items():
-        if key != "stop_after":
-            section, leaf = key.split(".")
-            config[section][leaf] = value
+    config.update_from_flattened_dict({k: v for k, v in settings.items() if k != "stop_after"})
     want_losses, want_params = _reference(config, jax.devices()[:4])  # also fills the token cache
 
     workdir = tmp_path / "run"

@@ -22,13 +22,6 @@ def _flat(node, prefix=""):
             yield prefix + key, value
 
 
-def _set(node, key: str, value) -> None:
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node[part]
-    node[leaf] = value
-
-
 def with_checkpoint(config) -> tuple[ConfigDict, dict]:
     """``config`` with the model of ``config.model.hf_path``, and that checkpoint's params.
 
@@ -46,16 +39,18 @@ def with_checkpoint(config) -> tuple[ConfigDict, dict]:
     loaded, params = load(config.model.hf_path)
     base = dict(_flat(base_config().model))
     merged = config.copy_and_resolve_references()
+    checkpoint = dict(_flat(loaded.model))
     with merged.unlocked():
-        clashes = []
+        taken, clashes = {}, []
         for key, value in _flat(config.model):
-            theirs = dict(_flat(loaded.model))[key]
+            theirs = checkpoint[key]
             if value == base[key] or key == "hf_path":
-                _set(merged.model, key, theirs)
+                taken[key] = theirs
             elif key in _ARCHITECTURE and value != theirs:
                 clashes.append(f"config.model.{key} = {value!r} (checkpoint: {theirs!r})")
         if clashes:
             raise ValueError("config.model differs from the checkpoint: " + "; ".join(clashes))
+        merged.model.update_from_flattened_dict(taken)
         if config.data.tokenizer == "byte":
             merged.data.tokenizer = loaded.data.tokenizer
     return merged, params
