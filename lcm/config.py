@@ -499,11 +499,10 @@ def _check_data(c: _Checker) -> None:
     c.check(d + "split_seed", lambda v: v >= 0, "must be an integer >= 0")
     c.one_of(d + "packing", PACKINGS)
     c.check(d + "synthetic_share", lambda v: _is_number(v) and 0 <= v <= 1, "must be in [0, 1]")
-    trainable = [t for t, spec in synthetic.TASKS.items() if not spec.needs_code]
     c.check(
         d + "synthetic_tasks",
-        lambda v: isinstance(v, (tuple, list)) and all(t in trainable for t in v),
-        f"must be a tuple of task names (empty: all) from {', '.join(trainable)}",
+        lambda v: isinstance(v, (tuple, list)) and all(t in synthetic.TRAINABLE_TASKS for t in v),
+        f"must be a tuple of task names (empty: all) from {', '.join(synthetic.TRAINABLE_TASKS)}",
     )
     c.check(d + "synthetic_documents", _is_positive_int, "must be an integer >= 1")
     c.one_of(d + "synthetic_loss", synthetic.SYNTHETIC_LOSSES)

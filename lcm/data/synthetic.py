@@ -282,13 +282,13 @@ def _tasks() -> dict[str, Task]:
 
 
 TASKS: dict[str, Task] = _tasks()
+TRAINABLE_TASKS = tuple(t for t, spec in TASKS.items() if not spec.needs_code)  # no code haystack
 
 
 def training_tasks(data_config) -> list[str]:
-    """The tasks of the ``synthetic_tasks`` corpus: ``data.synthetic_tasks`` or every task
-    that needs no code haystack."""
-    names = data_config.synthetic_tasks or [t for t, s in TASKS.items() if not s.needs_code]
-    return list(names)
+    """The tasks of the ``synthetic_tasks`` corpus: ``data.synthetic_tasks`` or all of
+    ``TRAINABLE_TASKS``."""
+    return list(data_config.synthetic_tasks or TRAINABLE_TASKS)
 
 
 def _rng(seed: int, task: str, length: int, depth: float | None, index: int) -> random.Random:
@@ -349,8 +349,8 @@ def synthetic_corpus(data_config) -> Corpus:
     target (``" " + answers``) and a newline (where greedy evaluation stops), the text
     ``data.synthetic_loss = "answer"`` trains on.
     """
-    documents = []
-    for task in training_tasks(data_config):
+    documents, tasks = [], training_tasks(data_config)
+    for task in tasks:
         for i in range(data_config.synthetic_documents):
             depth = _rng(data_config.split_seed, task, -1, None, i).random()
             sample = make_sample(
@@ -365,7 +365,7 @@ def synthetic_corpus(data_config) -> Corpus:
         digest.update(f"{doc.name}\0{doc.text}\n".encode())
     manifest = {
         "corpus": "synthetic_tasks",
-        "tasks": training_tasks(data_config),
+        "tasks": tasks,
         "documents": len(documents),
         "seq_len": data_config.seq_len,
         "seed": data_config.split_seed,
