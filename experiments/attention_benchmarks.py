@@ -199,7 +199,7 @@ def _plots(table: list[dict], out: pathlib.Path) -> list[str]:
         if sized:
             mem_ax.plot([p["T"] for p in sized], [p["mem_gib"] for p in sized], **style)
     time_ax.set(xscale="log", yscale="log", xlabel="T", ylabel="fwd+bwd seconds (train: step)",
-                title="time vs T (shared 2-core CPU; inflated)")  # fmt: skip
+                title="time vs T (CPU; see the load column)")  # fmt: skip
     mem_ax.set(xscale="log", yscale="log", xlabel="T", ylabel="GiB",
                title="memory vs T (RSS added, or compiled per device)")  # fmt: skip
     for ax in (time_ax, mem_ax):
@@ -232,7 +232,8 @@ def write_report(records, info, out: pathlib.Path) -> None:
         f"{tuple(round(x, 2) for x in info['load_end'])}",
         "",
         "Wall times grow with the machine's load (the `load` column is the 1-minute load "
-        "average when a case started; above 2 on this 2-core host, other processes competed); "
+        f"average when a case started; above {os.cpu_count()} on this {os.cpu_count()}-core "
+        "host, other processes competed); "
         "memory figures are not affected. Raw JSON lines: `attention_benchmarks.jsonl`. "
         "Sources and their arguments:",
         "",

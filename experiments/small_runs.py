@@ -131,8 +131,8 @@ class Provenance:
                 f"- Machine: {self.machine}",
                 f"- Wall time: {wall / 60:.1f} min",
                 f"- Load average (1/5/15 min) at start {fmt(self.load_start)}, at end "
-                f"{fmt(load_end)} (2 cores: a load above 2 means other processes stretched the "
-                "wall time).",
+                f"{fmt(load_end)} ({os.cpu_count()} cores: a load above {os.cpu_count()} means "
+                "other processes stretched the wall time).",
             ]
         )
 
