@@ -8,6 +8,9 @@ The device count is frozen once the backend starts: tests never change it, they 
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# libtpu (the compile-only TPU client of the TPU compile tests) takes a lock file when loaded;
+# pytest-xdist workers each load it.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import jax
 import pytest
