@@ -22,6 +22,14 @@ and if any row exceeds the bound (packed documents whose positions restart insid
 permuted positions) a second, full-width call runs instead (``lax.cond``): results are always
 exact, only the fast path needs the assumption.
 
+**Under a mesh** (``jax.set_mesh`` / ``lcm.parallel.sharding.use_mesh``) a Mosaic call cannot
+be partitioned by XLA's SPMD partitioner, which would replicate it: ``per_chip`` runs the kernels
+in ``jax.shard_map`` over the mesh axes the logical rules give ``batch`` and ``heads`` /
+``kv_heads``, so every chip attends its own rows and heads and nothing is gathered. Sequence
+dimensions stay whole (sequence parallelism is ``ring``'s job); an axis whose size does not divide
+a dimension is left out (e.g. an eval batch of 1), and heads are split only when query and kv
+heads map to the same mesh axes (GQA groups stay on one chip).
+
 Positional logits hooks cannot run inside the kernels (capability ``custom_logits=False``), so
 schemes such as ALiBi or SelfExtend are refused at model build time.
 """
@@ -29,8 +37,11 @@ schemes such as ALiBi or SelfExtend are refused at model build time.
 from __future__ import annotations
 
 import dataclasses
+import math
 
+import jax
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from kernels_pallas.block_sparse import (
     block_lists_from_kinds,
@@ -40,6 +51,52 @@ from kernels_pallas.block_sparse import (
 from kernels_pallas.flash import BlockSizes, flash_attention, flash_attention_bwd
 from lcm.attention import core, tiles
 from lcm.attention import masks as masks_lib
+from lcm.parallel import sharding
+
+_HEADS = ("heads", "kv_heads")
+# Logical names of the attention arrays' dimensions: q [B,T,N,H], k/v [B,S,K,H], rows [B,T].
+Q_NAMES = ("batch", None, "heads", None)
+KV_NAMES = ("batch", None, "kv_heads", None)
+ROW_NAMES = ("batch", None)
+
+
+def per_chip(fn, args, names, out_names):
+    """``fn(*args)`` run per chip under the mesh in context (directly without one).
+
+    ``names[i]`` gives one logical name (``"batch"``, ``"heads"``, ``"kv_heads"``) or None per
+    dimension of ``args[i]``; ``out_names`` likewise for the outputs (a tuple of arrays).
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return fn(*args)
+    free = [a for a in mesh.axis_names if a not in mesh.manual_axes]
+
+    def usable(logical, group):
+        axes = sharding.mesh_axes(logical)
+        size = math.prod(mesh.shape[a] for a in axes)
+        dims = [x.shape[d] for x, n in zip(args, names, strict=True)
+                for d, name in enumerate(n) if name in group]  # fmt: skip
+        ok = axes and all(a in free for a in axes) and all(d % size == 0 for d in dims)
+        return axes if ok else None
+
+    batch = usable("batch", ("batch",))
+    heads = usable("heads", _HEADS)
+    if heads is None or sharding.mesh_axes("kv_heads") != heads:
+        heads = None
+    axes = {"batch": batch, "heads": heads, "kv_heads": heads, None: None}
+    if batch is None and heads is None:
+        return fn(*args)
+
+    def spec(n):
+        return P(*(axes[name] for name in n))
+
+    return jax.shard_map(
+        fn,
+        mesh=mesh,
+        in_specs=tuple(spec(n) for n in names),
+        out_specs=tuple(spec(n) for n in out_names),
+        check_vma=False,  # pallas_call carries no varying-axes types
+    )(*args)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,14 +241,22 @@ def pallas_attention(
     cq, ck = min(block_q, t), min(block_kv, s)
     q_seg = core.segments_or_ones(q_segment_ids, q)
     kv_seg = core.segments_or_ones(kv_segment_ids, k)
-    q, q_pos, q_seg = (core.pad_to_multiple(x, cq) for x in (q, q_pos, q_seg))
-    k, v, k_pos, kv_seg = (core.pad_to_multiple(x, ck) for x in (k, v, k_pos, kv_seg))
-    out, lse = _forward(
-        _to_kernel(q, k, v), (q_seg, kv_seg, q_pos, k_pos), mask=mask, scale=scale,
-        cq=cq, ck=ck, interpret=interpret,
+
+    def local(q, k, v, q_pos, k_pos, q_seg, kv_seg):
+        q, q_pos, q_seg = (core.pad_to_multiple(x, cq) for x in (q, q_pos, q_seg))
+        k, v, k_pos, kv_seg = (core.pad_to_multiple(x, ck) for x in (k, v, k_pos, kv_seg))
+        out, lse = _forward(
+            _to_kernel(q, k, v), (q_seg, kv_seg, q_pos, k_pos), mask=mask, scale=scale,
+            cq=cq, ck=ck, interpret=interpret,
+        )  # fmt: skip
+        return out.transpose(0, 2, 1, 3)[:, :t], lse.transpose(0, 2, 1)[:, :t]
+
+    rows = ROW_NAMES
+    out, lse = per_chip(
+        local, (q, k, v, q_pos, k_pos, q_seg, kv_seg),
+        (Q_NAMES, KV_NAMES, KV_NAMES, rows, rows, rows, rows), (Q_NAMES, ("batch", None, "heads")),
     )  # fmt: skip
-    out = out.transpose(0, 2, 1, 3)[:, :t]
-    return out, (lse.transpose(0, 2, 1)[:, :t] if return_lse else None)
+    return out, (lse if return_lse else None)
 
 
 def ring_tiles(*, mask, logits_fn, scale, block_q: int = 512, block_kv: int = 512):

@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -147,12 +146,6 @@ def layout_permutation(length: int, num_shards: int, layout: str) -> np.ndarray:
     )
 
 
-def _mesh_axes(logical: str):
-    """Mesh axes the logical name maps to under the rules in context (None if replicated)."""
-    (axes,) = nn.logical_to_mesh_axes((logical,))
-    return axes
-
-
 @core.register(
     "ring",
     core.Capabilities(
@@ -215,7 +208,7 @@ def ring_impl(
                 f"ring: {name} = {x.shape[1]} must be a multiple of {chunks} "
                 f"({axis_name}={n}, layout={layout or 'as given'})"
             )
-    batch, heads, kv_heads = (_mesh_axes(x) for x in ("batch", "heads", "kv_heads"))
+    batch, heads, kv_heads = (sharding.mesh_axes(x) or None for x in ("batch", "heads", "kv_heads"))
     q_spec, kv_spec = P(batch, axis_name, heads, None), P(batch, axis_name, kv_heads, None)
     row_spec = P(batch, axis_name)
     fwd_tile, bwd_tile = INNER[inner](

@@ -126,6 +126,12 @@ def constrain_spec(x: jax.Array, spec: PartitionSpec, mesh=None) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, target)
 
 
+def mesh_axes(logical: str) -> tuple[str, ...]:
+    """The mesh axes logical axis ``logical`` maps to under the rules in context (() if none)."""
+    (axes,) = nn.logical_to_mesh_axes((logical,))
+    return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+
+
 def param(init_fn, names: Sequence[str | None]):
     """Wraps a flax initializer so the parameter carries logical axis ``names``."""
     return nn.with_logical_partitioning(init_fn, tuple(names))

@@ -28,12 +28,11 @@ from jax.experimental import multihost_utils
 
 from lcm import config as config_lib
 from lcm import data as data_lib
-from lcm import model as model_lib
 from lcm.attention import ring
 from lcm.model import hf
 from lcm.parallel import mesh as mesh_lib
 from lcm.parallel import sharding
-from lcm.train import checkpoint, health, metrics, optimizer
+from lcm.train import checkpoint, health, metrics, optimizer, program
 from lcm.train import state as state_lib
 from lcm.train import step as step_lib
 
@@ -183,21 +182,16 @@ def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> 
     data = data_lib.load_data(config, workdir=workdir)
     mesh = mesh_lib.make_mesh(config.mesh)
     rules = sharding.validate_rules(config.mesh.rules, config.mesh.axes)
-    spec = model_lib.build_spec(config)
-    model = model_lib.Transformer(spec)
-    tx = optimizer.make_optimizer(config.train)
     schedule = optimizer.learning_rate_schedule(config.train)
     batch_size, seq_len = config.data.batch_size, config.data.seq_len
-    flops_per_token = metrics.train_flops_per_token(spec, seq_len)
     peak = t.peak_flops or metrics.measure_peak_flops()
     multihost = jax.process_count() > 1
 
     with sharding.use_mesh(mesh, rules):
-        batch_sharding = sharding.named_sharding(mesh, ("batch", "length"), rules)
-        to_device = batch_to_device(config, mesh, batch_sharding)
-        abstract, shardings = state_lib.state_shardings(
-            model, tx, mesh, rules, batch_size=batch_size, seq_len=seq_len
-        )
+        prog = program.build_program(config, mesh, rules)
+        model, tx, abstract, shardings = prog.model, prog.tx, prog.abstract, prog.shardings
+        flops_per_token = metrics.train_flops_per_token(prog.spec, seq_len)
+        to_device = batch_to_device(config, mesh, prog.batch_sharding)
         m = data.manifest
         log(
             f"data: {config.data.corpus} corpus, {m['train_documents']} train / "
@@ -240,14 +234,7 @@ def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> 
                 monitor.load(saved_health)
             log(f"mesh {mesh_lib.describe(mesh)}; resumed from step {start} in {workdir}")
         writer = metrics.MetricWriter(workdir, resume_step=start)
-        train_step = step_lib.jit_train_step(
-            step_lib.make_train_step(
-                model, tx, z_loss=t.z_loss, grad_accum_steps=t.grad_accum_steps
-            ),
-            shardings,
-            batch_sharding,
-        )
-        eval_fn = jax.jit(step_lib.make_eval_step(model))
+        train_step, eval_fn = prog.train_step, prog.eval_step
         eval_batches = (
             list(itertools.islice(data.eval_iterator(), t.eval_batches)) if t.eval_every else []
         )

@@ -40,11 +40,16 @@ def _boxed_init(model: nn.Module, tx: optax.GradientTransformation, batch_size, 
 
 
 def state_shardings(model, tx, mesh, rules, *, batch_size: int, seq_len: int):
-    """``(abstract_state, shardings)``: shapes/dtypes and ``NamedSharding`` of every leaf."""
+    """``(abstract_state, shardings)``: shapes/dtypes and ``NamedSharding`` of every leaf.
+
+    Runs nothing on any device (the key is abstract too), so ``mesh`` may hold compile-only
+    devices (``lcm.compile``).
+    """
     init = _boxed_init(model, tx, batch_size, seq_len)
-    boxed = jax.eval_shape(init, jax.random.key(0))
+    rng = jax.eval_shape(jax.random.key, 0)
+    boxed = jax.eval_shape(init, rng)
     shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, tuple(rules))
-    plain = jax.eval_shape(lambda rng: nn.unbox(init(rng)), jax.random.key(0))
+    plain = jax.eval_shape(lambda rng: nn.unbox(init(rng)), rng)
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), plain, shardings
     )

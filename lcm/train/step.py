@@ -109,3 +109,9 @@ def jit_train_step(step_fn, state_shardings, batch_sharding):
         out_shardings=(state_shardings, None),
         donate_argnums=0,
     )
+
+
+def jit_eval_step(eval_fn, param_shardings, batch_sharding):
+    """Jits ``eval_fn`` with the parameters and the batch in their training shardings."""
+    batch_shardings = {k: batch_sharding for k in BATCH_KEYS}
+    return jax.jit(eval_fn, in_shardings=(param_shardings, batch_shardings))

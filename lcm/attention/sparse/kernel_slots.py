@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from kernels_pallas.block_sparse import BlockLists, block_sparse_attention
 from kernels_pallas.mask import PARTIAL, PositionalMask
-from lcm.attention import core
+from lcm.attention import core, pallas
 from lcm.attention.sparse import gathered
 
 _F32 = jnp.float32
@@ -58,8 +58,21 @@ def slot_attention(q, k, v, ids, valid, *, block, q_pos, k_pos, q_seg, kv_seg, s
                    chunk=128, interpret=None):  # fmt: skip
     """As ``gathered.slot_attention``: ``(out [B,T,N,M,H] f32, lse [B,T,N,M] f32)``.
 
-    ``interpret`` is passed to the kernel (None: compiled on TPU, TPU interpret mode elsewhere).
+    ``interpret`` is passed to the kernel (None: chosen by the platform lowered for). Under a
+    mesh, the sort and the kernel run per chip over the batch and head axes (``pallas.per_chip``).
     """
+    local = functools.partial(
+        _slot_attention, block=block, scale=scale, chunk=chunk, interpret=interpret
+    )
+    slots, rows = ("batch", None, "heads", None), pallas.ROW_NAMES
+    names = (pallas.Q_NAMES, pallas.KV_NAMES, pallas.KV_NAMES, slots, slots, rows, rows, rows, rows)
+    return pallas.per_chip(
+        local, (q, k, v, ids, valid, q_pos, k_pos, q_seg, kv_seg), names, ((*slots, None), slots)
+    )
+
+
+def _slot_attention(q, k, v, ids, valid, q_pos, k_pos, q_seg, kv_seg, *, block, scale, chunk,
+                    interpret):  # fmt: skip
     b, t, n, h = q.shape
     kh, m = k.shape[2], ids.shape[-1]
     g = n // kh

@@ -1,0 +1,131 @@
+"""Compile a config's train and eval steps for a TPU slice, and report what they need.
+
+``compile_config(config, topology)`` builds the mesh from ``config.mesh`` over the slice's
+compile-only devices, builds the program ``lcm.train`` runs (``lcm.train.program``) with abstract
+state and batch (no weights, no data), compiles both steps and reads, per chip: HBM (XLA's
+``memory_analysis``), FLOPs and bytes (``cost_analysis``), collectives and Mosaic kernels (the
+optimized HLO, ``lcm.compile.hlo``). The step-time floor is the roofline of one chip: the larger
+of its FLOPs at the bf16 peak and its HBM traffic at full bandwidth.
+
+Nothing here executes on the slice's devices, so it runs on a CPU host with libtpu installed.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+
+from lcm import config as config_lib
+from lcm.compile import hlo, topology
+from lcm.parallel import mesh as mesh_lib
+from lcm.parallel import sharding
+from lcm.train import metrics, program
+
+
+class DoesNotFit(Exception):
+    """The compiled step needs more HBM per chip than the chip has (or XLA refused it)."""
+
+
+def _memory(compiled, capacity: int) -> dict:
+    m = compiled.memory_analysis()
+    total = (
+        m.argument_size_in_bytes
+        + m.output_size_in_bytes
+        - m.alias_size_in_bytes
+        + m.temp_size_in_bytes
+        + m.generated_code_size_in_bytes
+    )
+    return {
+        "arguments": m.argument_size_in_bytes,
+        "outputs": m.output_size_in_bytes,
+        "aliased": m.alias_size_in_bytes,  # outputs that reuse donated arguments
+        "temporaries": m.temp_size_in_bytes,
+        "generated_code": m.generated_code_size_in_bytes,
+        "total": total,
+        "capacity": capacity,
+        "fits": total <= capacity,
+        "headroom": 1.0 - total / capacity,
+    }
+
+
+def _analyze(compiled, chip) -> dict:
+    cost = compiled.cost_analysis()
+    flops, nbytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+    compute_s, memory_s = flops / chip.bf16_flops, nbytes / chip.hbm_bytes_per_s
+    return {
+        "hbm": _memory(compiled, chip.hbm_bytes),
+        "xla_flops_per_chip": flops,
+        "xla_bytes_per_chip": nbytes,
+        "roofline_s": {"compute": compute_s, "memory": memory_s, "floor": max(compute_s, memory_s)},
+        **hlo.summarize(compiled.as_text()).as_dict(),
+    }
+
+
+def _compile(jitted, *args, what: str):
+    start = time.perf_counter()
+    try:
+        compiled = jitted.lower(*args).compile()
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" in str(e) or "Ran out of memory" in str(e):
+            raise DoesNotFit(f"the {what} does not fit: XLA says {e}") from None
+        raise
+    return compiled, time.perf_counter() - start
+
+
+def compile_config(config, topology_name: str, *, eval_step: bool = True) -> dict:
+    """Compiles ``config``'s steps for ``topology_name`` (e.g. ``"v5p:4x4x4"``).
+
+    Returns:
+      The report (a JSON-ready dict): mesh, model FLOPs, and per step HBM per chip, XLA's
+      FLOPs / bytes, roofline floor, collectives, Mosaic kernels, compile seconds.
+
+    Raises:
+      ValueError: an invalid config or topology name (before anything is compiled).
+      DoesNotFit: XLA refused the program for lack of HBM.
+    """
+    chip = topology.chip(topology_name)
+    devices = topology.devices(topology_name)
+    config_lib.validate(config, num_devices=len(devices))
+    mesh = mesh_lib.make_mesh(config.mesh, devices=devices)
+    rules = sharding.validate_rules(config.mesh.rules, config.mesh.axes)
+    batch_size, seq_len = config.data.batch_size, config.data.seq_len
+    with sharding.use_mesh(mesh, rules):
+        prog = program.build_program(config, mesh, rules)
+        batch = prog.abstract_batch(batch_size, seq_len)
+        train, train_s = _compile(prog.train_step, prog.abstract, batch, what="train step")
+        steps = {"train": {**_analyze(train, chip), "compile_s": train_s}}
+        if eval_step:
+            evaluate, eval_s = _compile(
+                prog.eval_step, prog.abstract.params, batch, what="eval step"
+            )
+            steps["eval"] = {**_analyze(evaluate, chip), "compile_s": eval_s}
+    per_token = metrics.train_flops_per_token(prog.spec, seq_len)
+    tokens = batch_size * seq_len
+    model_flops = per_token * tokens
+    params = sum(x.size for x in jax.tree.leaves(prog.abstract.params))
+    return {
+        "topology": topology_name,
+        "chip": chip.name,
+        "devices": len(devices),
+        "mesh": {name: int(size) for name, size in mesh.shape.items()},
+        "chip_facts": {
+            "hbm_bytes": chip.hbm_bytes,
+            "bf16_flops": chip.bf16_flops,
+            "hbm_bytes_per_s": chip.hbm_bytes_per_s,
+        },
+        "model": {
+            "parameters": int(params),
+            "attention_impl": config.model.attention.impl,
+            "dtype": config.model.dtype,
+            "remat_policy": config.model.remat_policy,
+        },
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "tokens_per_step": tokens,
+        "model_flops_per_token": per_token,
+        "model_flops_per_step": model_flops,
+        # The model FLOPs (no recomputation) at every chip's bf16 peak: the MFU = 1 step time.
+        "model_floor_s": model_flops / (len(devices) * chip.bf16_flops),
+        "steps": steps,
+    }

@@ -1,0 +1,145 @@
+"""What a compiled program does, read from its optimized HLO text.
+
+Counts collectives by kind (with their result bytes), Mosaic kernels (``tpu_custom_call``) and
+host callbacks. Each is counted twice: ``ops`` as written in the program, and ``executed`` with
+every op multiplied by the trip counts of the while loops around it, which is what one step
+moves. A loop's trip count is XLA's ``known_trip_count`` when recorded, else read from its
+condition when that is ``counter < constant`` (the loops of ``lax.scan``: layers, ring hops);
+loops with data-dependent conditions (a tile loop that skips empty tiles) count once, and
+``unknown_trip_loops`` says how many such loops there were. Asynchronous collectives are counted
+once, at their ``-done`` half, whose result is the collective's output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4,
+          "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8}  # fmt: skip
+_ARRAY = re.compile(r"\b(pred|[su](?:8|16|32|64)|bf16|f16|f32|f64|c64|f8\w*)\[([\d,]*)\]")
+_HEADER = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$")
+_INSTR = re.compile(r"^\s*(?:ROOT )?%?[\w.\-]+ = (.*?) ([a-z][\w\-]*)\(")
+_CALLS = re.compile(
+    r"\b(?:calls|body|to_apply|true_computation|false_computation)=%?([\w.\-]+)"
+    r"|branch_computations=\{([^}]*)\}"
+)
+_TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+_CONSTANT = re.compile(r"^\s*%?([\w.\-]+) = s32\[\]\S* constant\((\d+)\)")
+_LESS_THAN = re.compile(r"^\s*ROOT .* compare\(%?[\w.\-]+, %?([\w.\-]+)\), direction=LT")
+_HOST = ("callback", "host_compute", "HostTransfer")
+
+
+def shape_bytes(shape: str) -> int:
+    """Bytes of an HLO result type: an array ``bf16[8,128]{...}`` or a tuple of them."""
+    total = 0
+    for dtype, dims in _ARRAY.findall(shape):
+        n = 1
+        for d in filter(None, dims.split(",")):
+            n *= int(d)
+        total += n * _BYTES.get(dtype, 1)
+    return total
+
+
+@dataclasses.dataclass
+class Count:
+    ops: int = 0  # as written
+    executed: int = 0  # times trip counts
+    bytes: int = 0  # executed result bytes
+
+    def add(self, times: int, nbytes: int) -> None:
+        self.ops += 1
+        self.executed += times
+        self.bytes += times * nbytes
+
+
+@dataclasses.dataclass
+class Summary:
+    collectives: dict[str, Count]
+    mosaic: Count  # Mosaic (Pallas TPU) kernel calls
+    host_callbacks: Count  # ops that call back into the host (none may run in a train step)
+    unknown_trip_loops: int = 0
+
+    def as_dict(self) -> dict:
+        return {
+            "collectives": {k: dataclasses.asdict(v) for k, v in self.collectives.items()},
+            "mosaic_kernels": dataclasses.asdict(self.mosaic),
+            "host_callbacks": dataclasses.asdict(self.host_callbacks),
+            "unknown_trip_loops": self.unknown_trip_loops,
+        }
+
+
+def _computations(text: str) -> tuple[dict[str, list[str]], str]:
+    comps, entry, current = {}, None, None
+    for line in text.splitlines():
+        header = _HEADER.match(line)
+        if header and "=" not in line.split("{", 1)[0].split("(", 1)[0]:
+            current = header.group(1)
+            comps[current] = []
+            if line.startswith("ENTRY"):
+                entry = current
+        elif current is not None and line.strip() == "}":
+            current = None
+        elif current is not None:
+            comps[current].append(line)
+    if entry is None:
+        raise ValueError("no ENTRY computation in the HLO text")
+    return comps, entry
+
+
+def _trip_count(line: str, comps: dict[str, list[str]]) -> int | None:
+    """Iterations of the while loop ``line``, or None when they depend on data."""
+    known = _TRIP.search(line)
+    if known:
+        return int(known.group(1))
+    cond = re.search(r"\bcondition=%?([\w.\-]+)", line)
+    body = comps.get(cond.group(1), []) if cond else []
+    constants = dict(m.groups() for m in map(_CONSTANT.match, body) if m)
+    for row in body:
+        less = _LESS_THAN.match(row)
+        if less and less.group(1) in constants:
+            return int(constants[less.group(1)])
+    return None
+
+
+def summarize(text: str) -> Summary:
+    """Collectives, Mosaic kernels and host callbacks of an optimized HLO module's text."""
+    comps, entry = _computations(text)
+    times: dict[str, int] = {}
+    unknown = set()
+
+    def visit(name: str, n: int) -> None:
+        if name not in comps:
+            return
+        times[name] = times.get(name, 0) + n
+        for line in comps[name]:
+            inner = n
+            if " while(" in line:
+                trips = _trip_count(line, comps)
+                unknown.update([] if trips is not None else [line])
+                inner = n * (1 if trips is None else trips)
+            for single, branches in _CALLS.findall(line):
+                for callee in [single] if single else re.findall(r"%?([\w.\-]+)", branches):
+                    visit(callee, inner)  # a loop's body runs trip-count times
+
+    visit(entry, 1)
+    summary = Summary({k: Count() for k in COLLECTIVES}, Count(), Count(), len(unknown))
+    for name, n in times.items():
+        for line in comps[name]:
+            match = _INSTR.match(line)
+            if not match:
+                continue
+            shape, opcode = match.groups()
+            base = opcode.removesuffix("-done")
+            if base in COLLECTIVES and not opcode.endswith("-start"):
+                summary.collectives[base].add(n, shape_bytes(shape))
+            elif opcode == "custom-call":
+                if 'custom_call_target="tpu_custom_call"' in line:
+                    summary.mosaic.add(n, 0)
+                elif any(h in line for h in _HOST):
+                    summary.host_callbacks.add(n, 0)
+            elif opcode in ("send", "recv") and "is_host_transfer=true" in line:
+                summary.host_callbacks.add(n, 0)
+    return summary
