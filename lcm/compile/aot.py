@@ -62,15 +62,39 @@ def _analyze(compiled, chip) -> dict:
     }
 
 
-def _compile(jitted, *args, what: str):
+def _compile(jitted, *args, what: str, chip):
     start = time.perf_counter()
     try:
         compiled = jitted.lower(*args).compile()
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" in str(e) or "Ran out of memory" in str(e):
-            raise DoesNotFit(f"the {what} does not fit: XLA says {e}") from None
+            raise DoesNotFit(f"the {what} does not fit in a {chip.name} chip's HBM: {e}") from None
         raise
     return compiled, time.perf_counter() - start
+
+
+def compile_steps(config, topology_name: str, *, eval_step: bool = True):
+    """``(program, {"train": (compiled, seconds), "eval": ...}, mesh)`` of ``config`` on the slice.
+
+    Raises:
+      ValueError: an invalid config or topology name (before anything is compiled).
+      DoesNotFit: XLA refused a step for lack of HBM.
+    """
+    devices, chip = topology.devices(topology_name), topology.chip(topology_name)
+    config_lib.validate(config, num_devices=len(devices))
+    mesh = mesh_lib.make_mesh(config.mesh, devices=devices)
+    rules = sharding.validate_rules(config.mesh.rules, config.mesh.axes)
+    with sharding.use_mesh(mesh, rules):
+        prog = program.build_program(config, mesh, rules)
+        batch = prog.abstract_batch(config.data.batch_size, config.data.seq_len)
+        steps = {
+            "train": _compile(prog.train_step, prog.abstract, batch, what="train step", chip=chip)
+        }
+        if eval_step:
+            steps["eval"] = _compile(
+                prog.eval_step, prog.abstract.params, batch, what="eval step", chip=chip
+            )
+    return prog, steps, mesh
 
 
 def compile_config(config, topology_name: str, *, eval_step: bool = True) -> dict:
@@ -85,21 +109,10 @@ def compile_config(config, topology_name: str, *, eval_step: bool = True) -> dic
       DoesNotFit: XLA refused the program for lack of HBM.
     """
     chip = topology.chip(topology_name)
-    devices = topology.devices(topology_name)
-    config_lib.validate(config, num_devices=len(devices))
-    mesh = mesh_lib.make_mesh(config.mesh, devices=devices)
-    rules = sharding.validate_rules(config.mesh.rules, config.mesh.axes)
+    prog, compiled, mesh = compile_steps(config, topology_name, eval_step=eval_step)
+    devices = mesh.devices.size
+    steps = {name: {**_analyze(c, chip), "compile_s": sec} for name, (c, sec) in compiled.items()}
     batch_size, seq_len = config.data.batch_size, config.data.seq_len
-    with sharding.use_mesh(mesh, rules):
-        prog = program.build_program(config, mesh, rules)
-        batch = prog.abstract_batch(batch_size, seq_len)
-        train, train_s = _compile(prog.train_step, prog.abstract, batch, what="train step")
-        steps = {"train": {**_analyze(train, chip), "compile_s": train_s}}
-        if eval_step:
-            evaluate, eval_s = _compile(
-                prog.eval_step, prog.abstract.params, batch, what="eval step"
-            )
-            steps["eval"] = {**_analyze(evaluate, chip), "compile_s": eval_s}
     per_token = metrics.train_flops_per_token(prog.spec, seq_len)
     tokens = batch_size * seq_len
     model_flops = per_token * tokens
@@ -107,7 +120,7 @@ def compile_config(config, topology_name: str, *, eval_step: bool = True) -> dic
     return {
         "topology": topology_name,
         "chip": chip.name,
-        "devices": len(devices),
+        "devices": devices,
         "mesh": {name: int(size) for name, size in mesh.shape.items()},
         "chip_facts": {
             "hbm_bytes": chip.hbm_bytes,
@@ -126,6 +139,6 @@ def compile_config(config, topology_name: str, *, eval_step: bool = True) -> dic
         "model_flops_per_token": per_token,
         "model_flops_per_step": model_flops,
         # The model FLOPs (no recomputation) at every chip's bf16 peak: the MFU = 1 step time.
-        "model_floor_s": model_flops / (len(devices) * chip.bf16_flops),
+        "model_floor_s": model_flops / (devices * chip.bf16_flops),
         "steps": steps,
     }
