@@ -27,7 +27,8 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice, e.g. v5e:2x2, v5p:
 _OUT = flags.DEFINE_string("out", None, "Write the JSON report here.")
 _EVAL = flags.DEFINE_bool("eval_step", True, "Also compile the eval step.")
 
-GB = 1e9
+GIB = 2**30
+_BYTES = ("arguments", "outputs", "aliased", "temporaries", "generated_code", "total", "capacity")
 
 
 def table(report: dict) -> str:
@@ -43,19 +44,19 @@ def table(report: dict) -> str:
         f"{report['model_floor_s'] * 1e3:,.1f} ms",
     ]
     for name, step in report["steps"].items():
-        hbm = step["hbm"]
+        hbm = {k: v / GIB if k in _BYTES else v for k, v in step["hbm"].items()}
         coll = ", ".join(
-            f"{k} {v['executed']} ({v['bytes'] / GB:,.2f} GB)"
+            f"{k} {v['executed']} ({v['bytes'] / GIB:,.2f} GiB)"
             for k, v in step["collectives"].items()
             if v["ops"]
         )
         lines += [
-            f"[{name}] HBM/chip {hbm['total'] / GB:,.2f} of {hbm['capacity'] / GB:,.2f} GB "
+            f"[{name}] HBM/chip {hbm['total']:,.2f} of {hbm['capacity']:,.2f} GiB "
             f"({'fits' if hbm['fits'] else 'DOES NOT FIT'}, headroom {hbm['headroom']:.1%}): "
-            f"arguments {hbm['arguments'] / GB:,.2f}, temporaries {hbm['temporaries'] / GB:,.2f}, "
-            f"outputs {hbm['outputs'] / GB:,.2f} (aliased {hbm['aliased'] / GB:,.2f})",
+            f"arguments {hbm['arguments']:,.2f}, temporaries {hbm['temporaries']:,.2f}, "
+            f"outputs {hbm['outputs']:,.2f} (aliased {hbm['aliased']:,.2f})",
             f"[{name}] XLA {step['xla_flops_per_chip'] / 1e12:,.2f} TFLOP and "
-            f"{step['xla_bytes_per_chip'] / GB:,.1f} GB per chip; roofline floor "
+            f"{step['xla_bytes_per_chip'] / GIB:,.1f} GiB per chip; roofline floor "
             f"{step['roofline_s']['floor'] * 1e3:,.1f} ms; Mosaic kernels "
             f"{step['mosaic_kernels']['ops']}; compiled in {step['compile_s']:.1f} s",
             f"[{name}] collectives per step: {coll or 'none'}",
@@ -78,9 +79,9 @@ def main(argv):
     if _OUT.value:
         pathlib.Path(_OUT.value).write_text(json.dumps(report, indent=2) + "\n")
     over = [
-        f"the {name} step needs {s['hbm']['total'] / GB:,.2f} GB per chip, "
-        f"{(s['hbm']['total'] - s['hbm']['capacity']) / GB:,.2f} GB more than the "
-        f"{s['hbm']['capacity'] / GB:,.2f} GB of a {report['chip']} chip"
+        f"the {name} step needs {s['hbm']['total'] / GIB:,.2f} GiB per chip, "
+        f"{(s['hbm']['total'] - s['hbm']['capacity']) / GIB:,.2f} GiB more than the "
+        f"{s['hbm']['capacity'] / GIB:,.2f} GiB of a {report['chip']} chip"
         for name, s in report["steps"].items()
         if not s["hbm"]["fits"]
     ]
