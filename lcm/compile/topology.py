@@ -14,7 +14,7 @@ import os
 import jax
 from jax.experimental import topologies
 
-from lcm.compile.chips import Chip, parse_topology
+from lcm.chips import Chip, parse_topology
 
 
 @functools.cache
