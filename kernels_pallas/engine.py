@@ -16,6 +16,10 @@ either. Partial tiles evaluate the positional mask on explicit positions inside 
 ids (0 = padding) are ANDed in, classified per tile from per-block summaries.
 
 Rows with no visible key produce zero output, zero gradients and ``lse = -inf``.
+
+All three kernels go through ``_pallas_call``, the one place that picks Mosaic or an interpreter
+(``interpret=None``: ``lax.platform_dependent``, decided by the lowering platform) and attaches
+the ``cost_estimate`` XLA schedules with.
 """
 
 from __future__ import annotations
