@@ -1,10 +1,9 @@
-"""Helpers shared by the kernels: interpret-mode choice and input validation."""
+"""Helpers shared by the kernels: interpret-mode validation and input validation."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 from jax.experimental.pallas import tpu as pltpu
 
@@ -14,22 +13,35 @@ NUM_LANES = 128
 NUM_SUBLANES = 8
 
 
-def resolve_interpret(interpret: Any) -> Any:
-    """The ``interpret`` value handed to ``pallas_call``.
+def resolve_interpret(interpret: Any, tile_probe: Any = None) -> Any:
+    """Validates the ``interpret`` argument of the kernels; returns it unchanged.
 
-    ``None`` (the default everywhere) picks from the backend when the kernel is traced:
-    compiled Mosaic on TPU, Pallas TPU interpret mode (``pltpu.InterpretParams()``, which
-    simulates VMEM, DMAs and semaphores on CPU) anywhere else. ``False`` forces compilation,
-    ``True`` forces jax's generic HLO interpreter, and a ``pltpu.InterpretParams`` instance forces
-    TPU interpret mode with those settings (e.g. ``detect_races=True``).
+    - ``None`` (the default everywhere): every ``pallas_call`` is staged as
+      ``lax.platform_dependent(tpu=<compiled Mosaic call>, default=<jax's generic Pallas
+      interpreter, interpret=True>)`` (``engine._pallas_call``). The branch is chosen when the
+      program is lowered, for the platform it is lowered for: a TPU program gets Mosaic calls
+      even when compiled from a CPU host (AOT, compile-only TPU devices), a CPU program gets the
+      interpreter (plain HLO, no host callbacks). The host's default backend plays no part.
+    - ``False``: always the compiled Mosaic call (lowering for a non-TPU platform fails).
+    - ``True``: always jax's generic Pallas interpreter.
+    - a ``pltpu.InterpretParams``: always Pallas TPU interpret mode, which simulates VMEM, DMAs
+      and semaphores on CPU through host callbacks (race detection with ``detect_races=True``);
+      much slower than the generic interpreter and meant for kernel tests.
+
+    ``tile_probe`` (a host callback per computed tile) needs an explicit interpret mode (True or
+    ``InterpretParams``): with None or False it raises ``ValueError``.
     """
-    if interpret is None:
-        return False if jax.default_backend() == "tpu" else pltpu.InterpretParams()
-    if isinstance(interpret, bool | pltpu.InterpretParams):
-        return interpret
-    raise ValueError(
-        f"interpret = {interpret!r}: must be None (auto), False, True or pltpu.InterpretParams"
-    )
+    if interpret is not None and not isinstance(interpret, bool | pltpu.InterpretParams):
+        raise ValueError(
+            f"interpret = {interpret!r}: must be None (by lowering platform), False, True or "
+            "pltpu.InterpretParams"
+        )
+    if tile_probe is not None and (interpret is None or interpret is False):
+        raise ValueError(
+            f"tile_probe needs an explicit interpret mode (True or pltpu.InterpretParams), got "
+            f"interpret = {interpret!r}: host callbacks do not run in compiled Mosaic kernels"
+        )
+    return interpret
 
 
 def check_block(name: str, block: int, dim_name: str, dim: int, multiple: int) -> None:

@@ -16,6 +16,10 @@ either. Partial tiles evaluate the positional mask on explicit positions inside 
 ids (0 = padding) are ANDed in, classified per tile from per-block summaries.
 
 Rows with no visible key produce zero output, zero gradients and ``lse = -inf``.
+
+All three kernels go through ``_pallas_call``, the one place that picks Mosaic or an interpreter
+(``interpret=None``: ``lax.platform_dependent``, decided by the lowering platform) and attaches
+the ``cost_estimate`` XLA schedules with.
 """
 
 from __future__ import annotations
@@ -53,12 +57,15 @@ class Schedule(NamedTuple):
         already resident (the previous or next visited block), so no DMA is issued.
       kind: EMPTY, PARTIAL or FULL for the tile at a step; EMPTY wherever ``block`` re-names a
         resident block instead of the step's own tile.
+      tiles: for the cost estimate only, the number of tiles per (batch entry, query head) that
+        the kernel is expected to compute; None counts every scheduled step (rows x width).
     """
 
     prefetch: tuple[jax.Array, ...]
     width: int
     block: Callable[..., Any]
     kind: Callable[..., Any]
+    tiles: int | None = None
 
 
 class Tokens(NamedTuple):
@@ -99,7 +106,7 @@ class Static(NamedTuple):
     scale: float
     block_q: int
     block_kv: int
-    interpret: Any
+    interpret: Any  # None (platform_dependent), False, True or pltpu.InterpretParams
     probe: Callable[..., Any] | None  # host callback per computed tile (interpret mode only)
 
 
@@ -195,6 +202,68 @@ def _prefetch(sched: Schedule, tokens: Tokens, st: Static):
     return pre
 
 
+# Matmuls per computed tile, each 2 * bq * bk * H flops: fwd s = q k^T, o += p v; dq recomputes
+# s, dp = do v^T, dq += ds k; dkv recomputes s, dp, dv += p^T do, dk += ds^T q.
+MATMULS_PER_TILE = {"fwd": 2, "dq": 3, "dkv": 4}
+
+
+def cost_estimate(
+    kernel: str, tiles: int, block_q: int, block_kv: int, head_dim: int, nbytes: int
+) -> pl.CostEstimate:
+    """``pl.CostEstimate`` for ``tiles`` computed ``block_q x block_kv`` tiles of ``kernel``.
+
+    Each tile costs ``MATMULS_PER_TILE[kernel] * 2 * block_q * block_kv * head_dim`` flops and
+    ``block_q * block_kv`` exps (``p = exp(s - m)`` or ``exp(s - lse)``); per-row rescales, the
+    final log and the masks are left out. ``nbytes``: bytes of all operands and outputs (each
+    counted once, though a kernel may fetch a block more than once).
+    """
+    area = block_q * block_kv
+    return pl.CostEstimate(
+        flops=int(MATMULS_PER_TILE[kernel] * 2 * area * head_dim * tiles),
+        transcendentals=int(area * tiles),
+        bytes_accessed=int(nbytes),
+    )
+
+
+def _nbytes(tree) -> int:
+    return sum(int(x.size) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def _pallas_call(kernel, operands, *, st: Static, kind, sched, rows, heads, head_dim, grid_spec,
+                 out_shape, dimension_semantics):  # fmt: skip
+    """``pallas_call(kernel, ...)(*operands)`` with a cost estimate, for the lowering platform.
+
+    ``st.interpret`` None stages ``lax.platform_dependent(tpu=<compiled Mosaic call>,
+    default=<jax's generic Pallas interpreter>)``: the branch is picked when the program is
+    lowered, for the platform it is lowered for (a TPU program compiled on a CPU host gets the
+    Mosaic call), never from the host's default backend. Any other value (False, True, a
+    ``pltpu.InterpretParams``) is passed to ``pallas_call`` as it is.
+
+    The estimate counts ``heads`` (batch x query heads) times ``sched.tiles`` tiles, or times
+    every scheduled step (``rows x sched.width``) when the schedule gives no count.
+    """
+    per_head = sched.tiles if sched.tiles is not None else rows * sched.width
+    cost = cost_estimate(
+        kind, heads * per_head, st.block_q, st.block_kv, head_dim,
+        _nbytes(operands) + _nbytes(out_shape),
+    )  # fmt: skip
+
+    def call(interpret):
+        return pl.pallas_call(
+            kernel,
+            grid_spec=grid_spec,
+            out_shape=out_shape,
+            compiler_params=pltpu.CompilerParams(dimension_semantics=dimension_semantics),
+            interpret=interpret,
+            cost_estimate=cost,
+            name=f"flash_{kind}",
+        )
+
+    if st.interpret is not None:
+        return call(st.interpret)(*operands)
+    return lax.platform_dependent(*operands, tpu=call(False), default=call(True))
+
+
 def forward(q, k, v, tokens: Tokens, sched: Schedule, st: Static):
     """Flash forward: returns ``out [B,N,T,H]`` (q dtype) and ``lse [B,N,T]`` (f32)."""
     b, n, t, h = q.shape
@@ -229,8 +298,10 @@ def forward(q, k, v, tokens: Tokens, sched: Schedule, st: Static):
     kernel = functools.partial(
         _fwd_kernel, sched=sched, st=st, n_pre=len(prefetch), g=g, nq=nq, nk=nk, has_seg=has_seg
     )
-    out, lse = pl.pallas_call(
+    out, lse = _pallas_call(
         kernel,
+        (*prefetch, q, k, v, *_token_operands(tokens)),
+        st=st, kind="fwd", sched=sched, rows=nq, heads=b * n, head_dim=h,
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=len(prefetch),
             grid=(b, n, nq, sched.width),
@@ -239,12 +310,8 @@ def forward(q, k, v, tokens: Tokens, sched: Schedule, st: Static):
             scratch_shapes=scratch,
         ),
         out_shape=out_shape,
-        compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
-        ),
-        interpret=st.interpret,
-        name="flash_fwd",
-    )(*prefetch, q, k, v, *_token_operands(tokens))
+        dimension_semantics=("parallel", "parallel", "parallel", "arbitrary"),
+    )  # fmt: skip
     return out, lse[..., 0]
 
 
@@ -329,8 +396,10 @@ def backward_dq(q, k, v, do, lse, di, tokens: Tokens, sched: Schedule, st: Stati
     kernel = functools.partial(
         _dq_kernel, sched=sched, st=st, n_pre=len(prefetch), g=g, nq=nq, nk=nk, has_seg=has_seg
     )
-    return pl.pallas_call(
+    return _pallas_call(
         kernel,
+        (*prefetch, q, k, v, *_token_operands(tokens), do, lse[..., None], di[..., None]),
+        st=st, kind="dq", sched=sched, rows=nq, heads=b * n, head_dim=h,
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=len(prefetch),
             grid=(b, n, nq, sched.width),
@@ -339,12 +408,8 @@ def backward_dq(q, k, v, do, lse, di, tokens: Tokens, sched: Schedule, st: Stati
             scratch_shapes=[pltpu.VMEM((st.block_q, h), jnp.float32)],
         ),
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
-        ),
-        interpret=st.interpret,
-        name="flash_dq",
-    )(*prefetch, q, k, v, *_token_operands(tokens), do, lse[..., None], di[..., None])
+        dimension_semantics=("parallel", "parallel", "parallel", "arbitrary"),
+    )  # fmt: skip
 
 
 def _dq_kernel(*refs, sched, st, n_pre, g, nq, nk, has_seg):
@@ -408,8 +473,10 @@ def backward_dkv(q, k, v, do, lse, di, tokens: Tokens, sched: Schedule, st: Stat
     kernel = functools.partial(
         _dkv_kernel, sched=sched, st=st, n_pre=len(prefetch), g=g, nq=nq, nk=nk, has_seg=has_seg
     )
-    return pl.pallas_call(
+    return _pallas_call(
         kernel,
+        (*prefetch, q, k, v, *_token_operands(tokens), do, lse[..., None], di[..., None]),
+        st=st, kind="dkv", sched=sched, rows=nk, heads=b * n, head_dim=h,
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=len(prefetch),
             grid=(b, kh, nk, g, sched.width),
@@ -418,12 +485,8 @@ def backward_dkv(q, k, v, do, lse, di, tokens: Tokens, sched: Schedule, st: Stat
             scratch_shapes=[pltpu.VMEM((st.block_kv, h), jnp.float32)] * 2,
         ),
         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-        compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "parallel", "parallel", "arbitrary", "arbitrary")
-        ),
-        interpret=st.interpret,
-        name="flash_dkv",
-    )(*prefetch, q, k, v, *_token_operands(tokens), do, lse[..., None], di[..., None])
+        dimension_semantics=("parallel", "parallel", "parallel", "arbitrary", "arbitrary"),
+    )  # fmt: skip
 
 
 def _dkv_kernel(*refs, sched, st, n_pre, g, nq, nk, has_seg):

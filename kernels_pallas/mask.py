@@ -22,10 +22,27 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+from jax import lax
+
 # Tile kinds, as stored in block lists and computed from position bounds.
 EMPTY = 0  # no visible (q, k) pair: skipped in compute and DMA
 PARTIAL = 1  # some pairs visible: the kernel evaluates the mask inside the tile
 FULL = 2  # every pair visible: no mask is evaluated
+
+
+def floor_div(x, d: int):
+    """``x // d`` for a positive int ``d``, on numpy or jax integers.
+
+    jax's ``//`` on integers lowers through ``lax.sign``, whose Mosaic lowering asks the *default*
+    device for its TPU generation, so a kernel using it fails to compile for TPU from a CPU host
+    outside a TPU mesh context ("Unsupported TPU device kind: cpu"). Truncating ``lax.div``
+    corrected for negative remainders lowers everywhere.
+    """
+    if isinstance(x, int | np.integer | np.ndarray):
+        return x // d
+    quot = lax.div(x, lax.convert_element_type(d, x.dtype))
+    return quot - ((quot * d != x) & (x < 0)).astype(x.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +92,7 @@ class PositionalMask:
         if self.window_right is not None:
             visible = visible & (-d <= self.window_right)
         if self.chunk:
-            visible = visible & (q_pos // self.chunk == k_pos // self.chunk)
+            visible = visible & (floor_div(q_pos, self.chunk) == floor_div(k_pos, self.chunk))
         if self.sink and self._restricts:
             visible = visible | (k_pos < self.sink)
         if self.causal:
@@ -104,9 +121,10 @@ class PositionalMask:
                 l_full = l_full & (-d_lo <= self.window_right)
             if self.chunk:
                 c = self.chunk
-                l_empty = l_empty | (q_max // c < k_min // c) | (k_max // c < q_min // c)
-                same = (q_min // c == q_max // c) & (k_min // c == k_max // c)
-                l_full = l_full & same & (q_min // c == k_min // c)
+                q_lo, q_hi = floor_div(q_min, c), floor_div(q_max, c)
+                k_lo, k_hi = floor_div(k_min, c), floor_div(k_max, c)
+                l_empty = l_empty | (q_hi < k_lo) | (k_hi < q_lo)
+                l_full = l_full & (q_lo == q_hi) & (k_lo == k_hi) & (q_lo == k_lo)
             if self.sink:
                 # OR with the sink columns: empty only if both are, full if either is.
                 l_empty = l_empty & (k_min >= self.sink)

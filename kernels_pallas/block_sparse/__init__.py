@@ -1,4 +1,4 @@
-"""Block-sparse attention driven by per-q-block kv block lists (TPU Mosaic; interpret elsewhere)."""
+"""Block-sparse attention over per-q-block kv block lists (Mosaic on TPU; interpreted elsewhere)."""
 
 from kernels_pallas.block_sparse.block_lists import BlockLists as BlockLists
 from kernels_pallas.block_sparse.block_lists import block_lists_from_ids as block_lists_from_ids

@@ -59,9 +59,7 @@ def _block_sparse(q, k, v, tokens, lists, mask, scale, options):
 
 def _static(mask, scale, lists, options):
     interpret, probe = options
-    return engine.Static(
-        mask, scale, lists.block_q, lists.block_kv, resolve_interpret(interpret), probe
-    )
+    return engine.Static(mask, scale, lists.block_q, lists.block_kv, interpret, probe)
 
 
 def _fwd(q, k, v, tokens, lists, mask, scale, options):
@@ -155,18 +153,22 @@ def block_sparse_attention(
         it runs inside the kernel) and ``is_full``; adapters pass their own mask types this way.
       scale: softmax scale (default ``H ** -0.5``).
       return_lse: also return ``lse [B, N, T]`` f32 (``-inf`` for rows that see nothing).
-      interpret: None (auto), False, True (generic interpreter) or ``pltpu.InterpretParams``.
-      tile_probe: test hook as in ``flash_attention``.
+      interpret: as in ``flash_attention``: None (default) compiles Mosaic when lowered for TPU
+        and runs jax's generic Pallas interpreter elsewhere; False, True or
+        ``pltpu.InterpretParams`` force Mosaic, the generic or the TPU interpreter.
+      tile_probe: test hook as in ``flash_attention`` (needs an explicit interpret mode).
 
     Returns:
       ``out [B, N, T, H]`` (zero for rows that see nothing), and ``lse`` if requested.
+
+    The kernels' cost estimates count every scheduled step (the grid: ``T // block_q`` rows of
+    list width W per batch entry and query head), padding steps included.
     """
     b, _, kh, t, s, h = check_qkv(q, k, v)
     _check_lists(lists, b, kh, t, s)
     tokens = engine.make_tokens(b, t, s, q_segment_ids, kv_segment_ids, q_positions, kv_positions)
     _check_mask(mask)
-    if tile_probe is not None and resolve_interpret(interpret) is False:
-        raise ValueError("tile_probe needs interpret mode (host callbacks do not run on TPU)")
+    resolve_interpret(interpret, tile_probe)
     scale = float(h**-0.5 if scale is None else scale)
     out, lse = _block_sparse(q, k, v, tokens, lists, mask, scale, (interpret, tile_probe))
     return (out, lse) if return_lse else out
@@ -208,5 +210,5 @@ def block_sparse_attention_bwd(
     scale = float(h**-0.5 if scale is None else scale)
     return _backward(
         q, k, v, tokens, lists, out, lse, d_out.astype(q.dtype), d_lse, mask, scale,
-        (interpret, None),
+        (resolve_interpret(interpret), None),
     )  # fmt: skip

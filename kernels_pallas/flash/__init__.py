@@ -1,4 +1,4 @@
-"""Flash attention kernel (TPU Mosaic; Pallas TPU interpret mode elsewhere)."""
+"""Flash attention kernel (Mosaic when lowered for TPU; jax's Pallas interpreter elsewhere)."""
 
 from kernels_pallas.flash.kernel import BlockSizes as BlockSizes
 from kernels_pallas.flash.kernel import flash_attention as flash_attention

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from kernels_pallas import engine
@@ -123,10 +125,33 @@ def _visit_range(kinds):
     return jnp.stack([lo, hi], -1).reshape(-1).astype(jnp.int32)
 
 
-def flash_schedules(mask: PositionalMask, tokens: engine.Tokens, block_q: int, block_kv: int):
-    """(row schedule for fwd/dq, column schedule for dkv) over a dense tile grid."""
+def estimated_tiles(
+    mask: PositionalMask, q_len: int, kv_len: int, block_q: int, block_kv: int, q_offset: int = 0
+) -> int:
+    """Tiles per (batch entry, query head) that the kernels' cost estimate counts: those ``mask``
+    does not rule out for contiguous positions ``q_offset + arange(T)`` and ``arange(S)`` (all
+    ``nq * nk`` tiles without causal masking; about half of them when causal and ``T == S``).
+    Segment ids are not counted (positions and ids are traced; the estimate must be static)."""
+    q0 = q_offset + block_q * np.arange(q_len // block_q)
+    k0 = block_kv * np.arange(kv_len // block_kv)
+    kinds = mask.tile_kind(
+        q0[:, None], q0[:, None] + block_q - 1, k0[None], k0[None] + block_kv - 1
+    )
+    return int(np.count_nonzero(np.broadcast_to(np.asarray(kinds), (q0.size, k0.size)) != EMPTY))
+
+
+def flash_schedules(
+    mask: PositionalMask,
+    tokens: engine.Tokens,
+    block_q: int,
+    block_kv: int,
+    estimate_q_offset: int = 0,
+):
+    """(row schedule for fwd/dq, column schedule for dkv) over a dense tile grid; their cost
+    estimate counts ``estimated_tiles(..., q_offset=estimate_q_offset)`` tiles."""
     kinds, bounds_q, bounds_k = _tile_kinds(mask, tokens, block_q, block_kv)
     _, nq, nk = kinds.shape
+    tiles = estimated_tiles(mask, nq * block_q, nk * block_kv, block_q, block_kv, estimate_q_offset)
 
     def kind_at(b, q_blk, kv_blk, bq_ref, bk_ref):
         q_base, k_base = (b * nq + q_blk) * 2, (b * nk + kv_blk) * 2
@@ -148,6 +173,7 @@ def flash_schedules(mask: PositionalMask, tokens: engine.Tokens, block_q: int, b
         kind=lambda b, kh, i, j, bq_ref, bk_ref, rng: visited(
             j, rng, (b * nq + i) * 2, kind_at(b, i, j, bq_ref, bk_ref)
         ),
+        tiles=tiles,
     )
     cols = engine.Schedule(
         prefetch=(bounds_q, bounds_k, _visit_range(jnp.swapaxes(kinds, 1, 2))),
@@ -156,6 +182,7 @@ def flash_schedules(mask: PositionalMask, tokens: engine.Tokens, block_q: int, b
         kind=lambda b, kh, c, j, bq_ref, bk_ref, rng: visited(
             j, rng, (b * nk + c) * 2, kind_at(b, j, c, bq_ref, bk_ref)
         ),
+        tiles=tiles,
     )
     return rows, cols
 
@@ -165,14 +192,31 @@ def _flash_attention(q, k, v, tokens, mask, scale, block_sizes, options):
     return _fwd(q, k, v, tokens, mask, scale, block_sizes, options)[0]
 
 
+class _Options(NamedTuple):
+    """Static options threaded through the custom_vjp (hashable)."""
+
+    interpret: Any
+    probe: Any
+    estimate_q_offset: int  # q_offset of ``estimated_tiles``
+
+
 def _static(mask, scale, blocks, options):
-    interpret, probe = options
-    return engine.Static(mask, scale, *blocks, resolve_interpret(interpret), probe)
+    return engine.Static(mask, scale, *blocks, options.interpret, options.probe)
+
+
+def _schedules(mask, tokens, blocks, options):
+    return flash_schedules(mask, tokens, *blocks, options.estimate_q_offset)
+
+
+def _estimate_q_offset(q_len, kv_len, q_positions, kv_positions) -> int:
+    # Omitted positions are arange; given ones are assumed to put the queries last (decoding,
+    # chunked prefill; the same as arange when T == S).
+    return 0 if q_positions is None and kv_positions is None else kv_len - q_len
 
 
 def _fwd(q, k, v, tokens, mask, scale, block_sizes, options):
     blocks = block_sizes.pairs()["fwd"]
-    rows, _ = flash_schedules(mask, tokens, *blocks)
+    rows, _ = _schedules(mask, tokens, blocks, options)
     out, lse = engine.forward(q, k, v, tokens, rows, _static(mask, scale, blocks, options))
     return (out, lse), (q, k, v, tokens, out, lse)
 
@@ -182,11 +226,11 @@ def _backward(q, k, v, tokens, out, lse, d_out, d_lse, mask, scale, block_sizes,
     di = jnp.sum(out.astype(jnp.float32) * d_out.astype(jnp.float32), axis=-1) - d_lse
     d_out = d_out.astype(q.dtype)
     pairs = block_sizes.pairs()
-    rows, _ = flash_schedules(mask, tokens, *pairs["dq"])
+    rows, _ = _schedules(mask, tokens, pairs["dq"], options)
     dq = engine.backward_dq(
         q, k, v, d_out, lse, di, tokens, rows, _static(mask, scale, pairs["dq"], options)
     )
-    _, cols = flash_schedules(mask, tokens, *pairs["dkv"])
+    _, cols = _schedules(mask, tokens, pairs["dkv"], options)
     dk, dv = engine.backward_dkv(
         q, k, v, d_out, lse, di, tokens, cols, _static(mask, scale, pairs["dkv"], options)
     )
@@ -250,23 +294,36 @@ def flash_attention(
       scale: softmax scale applied to ``q.k`` (default ``H ** -0.5``).
       block_sizes: ``BlockSizes`` (default ``BlockSizes.for_shape(T, S)``).
       return_lse: also return the log-sum-exp of the scaled, masked logits.
-      interpret: None (auto: compiled on TPU, TPU interpret mode elsewhere), False, True
-        (generic interpreter) or ``pltpu.InterpretParams``.
-      tile_probe: test hook; if set (interpret mode only), called on the host as
-        ``tile_probe(kernel, b, n, q_block, kv_block)`` for every tile that is computed.
+      interpret: None (default): compiled Mosaic when the program is lowered for TPU (from any
+        host), jax's generic Pallas interpreter when lowered for another platform; chosen per
+        lowering by ``lax.platform_dependent``, not from the host's default backend. False:
+        always Mosaic; True: always the generic interpreter; ``pltpu.InterpretParams``: Pallas
+        TPU interpret mode (simulated DMAs / semaphores, race detection; slow). See
+        ``common.resolve_interpret``.
+      tile_probe: test hook, needs ``interpret=True`` or ``pltpu.InterpretParams`` (ValueError
+        otherwise): called on the host as ``tile_probe(kernel, b, n, q_block, kv_block)`` for
+        every tile that is computed.
 
     Returns:
       ``out [B, N, T, H]``, and with ``return_lse`` also ``lse [B, N, T]`` float32: natural-log
       ``logsumexp_s(scale * q.k_s)`` over visible keys, ``-inf`` for rows with none (their output
       is 0). Differentiable w.r.t. q, k, v through both outputs.
+
+    Each kernel reports a cost estimate to XLA (``engine.cost_estimate``) for the tiles of
+    ``estimated_tiles``: those the mask can visit on contiguous positions (``arange`` when the
+    positions are omitted; otherwise the queries taken as the last T of S positions), so about
+    half of them when causal with T == S.
     """
     tokens, block_sizes, scale = _prepare(
         q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, scale, block_sizes
     )
-    if tile_probe is not None and resolve_interpret(interpret) is False:
-        raise ValueError("tile_probe needs interpret mode (host callbacks do not run on TPU)")
+    options = _Options(
+        resolve_interpret(interpret, tile_probe),
+        tile_probe,
+        _estimate_q_offset(q.shape[2], k.shape[2], q_positions, kv_positions),
+    )
     out, lse = _flash_attention(
-        q, k, v, tokens, PositionalMask(causal=causal), scale, block_sizes, (interpret, tile_probe)
+        q, k, v, tokens, PositionalMask(causal=causal), scale, block_sizes, options
     )
     return (out, lse) if return_lse else out
 
@@ -316,5 +373,9 @@ def flash_attention_bwd(
         )
     d_lse = jnp.zeros(lse.shape, jnp.float32) if d_lse is None else d_lse
     mask = PositionalMask(causal=causal)
-    options = (interpret, None)
+    options = _Options(
+        resolve_interpret(interpret),
+        None,
+        _estimate_q_offset(q.shape[2], k.shape[2], q_positions, kv_positions),
+    )
     return _backward(q, k, v, tokens, out, lse, d_out, d_lse, mask, scale, block_sizes, options)

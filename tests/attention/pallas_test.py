@@ -1,4 +1,4 @@
-"""``impl="pallas"`` (flash and block-sparse kernels in TPU interpret mode on CPU) vs
+"""``impl="pallas"`` (flash and block-sparse kernels in jax's generic Pallas interpreter on CPU) vs
 ``reference``, and the static list widths vs brute-force tile counts."""
 
 import dataclasses
@@ -14,8 +14,9 @@ from lcm.parallel import mesh as mesh_lib
 from lcm.parallel import sharding
 
 WINDOW = attention.SlidingWindow(40) & attention.Causal()
-# jax's generic Pallas interpreter compiles about twice as fast as TPU interpret mode (each kernel
-# set costs tens of seconds on CPU); tests/kernels_pallas run the kernels in TPU interpret mode.
+# jax's generic Pallas interpreter (the kernels' default off TPU; spelled out here) compiles about
+# twice as fast as TPU interpret mode; tests/kernels_pallas also run the kernels in TPU interpret
+# mode.
 GENERIC = dict(interpret=True)
 STREAMING = (attention.SlidingWindow(31) | attention.Sink(4)) & attention.Causal()
 

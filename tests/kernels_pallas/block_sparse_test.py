@@ -1,7 +1,9 @@
 """block_sparse_attention vs dense references (outputs, lse, gradients); tiles and DMAs visited.
 
 Same pattern as flash_test: ``TestBlockSparse`` is compiled and needs a TPU,
-``TestBlockSparseInterpret`` runs it in Pallas TPU interpret mode on CPU.
+``TestBlockSparseInterpret`` runs it in Pallas TPU interpret mode on CPU (with the tile probe),
+``TestBlockSparseDefault`` with the default ``interpret=None`` (jax's generic Pallas interpreter
+off TPU).
 """
 
 import functools
@@ -11,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from jax.experimental.pallas import tpu as pltpu
 
 from kernels_pallas import engine
@@ -66,14 +68,17 @@ def _random_lists(rng, bl, kl, nq, nk, width, block_q, block_kv):
 
 
 class TestBlockSparse:
-    INTERPRET = False
+    INTERPRET = False  # True: Pallas TPU interpret mode (tile probe)
+    DEFAULT = False  # True: interpret=None, the default (generic interpreter off TPU)
 
     @pytest.fixture(autouse=True)
     def _needs_backend(self):
-        if not self.INTERPRET and jax.default_backend() != "tpu":
+        if not (self.INTERPRET or self.DEFAULT) and jax.default_backend() != "tpu":
             pytest.skip("compiled Mosaic TPU kernels need a TPU")
 
     def interpret(self):
+        if self.DEFAULT:
+            return None
         return pltpu.InterpretParams() if self.INTERPRET else False
 
     def kernel(self, **kw):
@@ -148,7 +153,8 @@ class TestBlockSparse:
         )
         _compare(got, want)
 
-    @settings(max_examples=5)
+    # The subclasses (interpret modes) run this method from different instances, by design.
+    @settings(max_examples=5, suppress_health_check=[HealthCheck.differing_executors])
     @given(
         nq=hst.integers(1, 3),
         nk=hst.integers(1, 3),
@@ -196,6 +202,10 @@ class TestBlockSparseInterpret(TestBlockSparse):
     INTERPRET = True
 
 
+class TestBlockSparseDefault(TestBlockSparse):
+    DEFAULT = True
+
+
 def test_padding_steps_reuse_the_resident_block():
     """A row's padding steps name its last listed block, so they cost no DMA and no compute."""
     rng = np.random.default_rng(0)
@@ -228,3 +238,6 @@ def test_bad_lists():
         block_sparse_attention(q, k, v, other, mask=mask)
     with pytest.raises(ValueError, match="mask = 'causal'"):
         block_sparse_attention(q, k, v, lists, mask="causal")
+    for interpret in (None, False):
+        with pytest.raises(ValueError, match="tile_probe needs an explicit interpret mode"):
+            block_sparse_attention(q, k, v, lists, mask=mask, interpret=interpret, tile_probe=print)

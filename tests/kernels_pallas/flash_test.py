@@ -1,8 +1,10 @@
 """flash_attention vs the dense reference (outputs, lse and gradients), tile skipping, races.
 
-jax's Pallas test pattern: ``TestFlash`` runs compiled (INTERPRET = False) and skips without a
-TPU; ``TestFlashInterpret`` runs the same tests in Pallas TPU interpret mode on CPU. Compile time
-dominates in interpret mode (~3 s per configuration), so shapes are tiny and the grid is small.
+jax's Pallas test pattern: ``TestFlash`` runs compiled (``interpret=False``) and skips without a
+TPU; ``TestFlashInterpret`` runs the same tests in Pallas TPU interpret mode on CPU (with the tile
+probe and the race detector); ``TestFlashDefault`` runs the numerical tests with the default
+``interpret=None`` (jax's generic Pallas interpreter off TPU, compiled Mosaic on TPU). Compile
+time dominates in interpret mode (~3 s per configuration), so shapes are tiny and the grid small.
 """
 
 import functools
@@ -12,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from jax._src.pallas.mosaic.interpret import interpret_pallas_call as tpu_interpret
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
@@ -61,14 +63,17 @@ def _assert_close(actual, expected, tol):
 
 
 class TestFlash:
-    INTERPRET = False
+    INTERPRET = False  # True: Pallas TPU interpret mode (tile probe, race detector)
+    DEFAULT = False  # True: interpret=None, the default (generic interpreter off TPU)
 
     @pytest.fixture(autouse=True)
     def _needs_backend(self):
-        if not self.INTERPRET and jax.default_backend() != "tpu":
+        if not (self.INTERPRET or self.DEFAULT) and jax.default_backend() != "tpu":
             pytest.skip("compiled Mosaic TPU kernels need a TPU")
 
     def interpret(self, **params):
+        if self.DEFAULT:
+            return None
         return pltpu.InterpretParams(**params) if self.INTERPRET else False
 
     def check(
@@ -204,7 +209,8 @@ class TestFlash:
         )
         self.check(1, 2, 1, 256, 256, 32, causal=True, blocks=blocks)
 
-    @settings(max_examples=5)
+    # The subclasses (interpret modes) run this method from different instances, by design.
+    @settings(max_examples=5, suppress_health_check=[HealthCheck.differing_executors])
     @given(
         nq=hst.integers(1, 3),
         nk=hst.integers(1, 2),
@@ -258,6 +264,10 @@ class TestFlash:
 
 class TestFlashInterpret(TestFlash):
     INTERPRET = True
+
+
+class TestFlashDefault(TestFlash):
+    DEFAULT = True
 
 
 def _wasted_fetches(sched, prefetch, b, rows, nq, nk, transpose=False):
@@ -331,6 +341,9 @@ def test_bad_inputs():
         flash_attention(q, k, v, q_positions=jnp.zeros((1, 100), jnp.int32))
     with pytest.raises(ValueError, match="interpret = 'yes'"):
         flash_attention(q, k, v, interpret="yes")
+    for interpret in (None, False):
+        with pytest.raises(ValueError, match="tile_probe needs an explicit interpret mode"):
+            flash_attention(q, k, v, interpret=interpret, tile_probe=print)
 
 
 def test_default_block_sizes():

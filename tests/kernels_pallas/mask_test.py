@@ -1,11 +1,12 @@
 """PositionalMask semantics and its tile classification, against brute force in numpy."""
 
 import hypothesis.strategies as hst
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from kernels_pallas.mask import EMPTY, FULL, PARTIAL, PositionalMask, segment_tile_kind
+from kernels_pallas.mask import EMPTY, FULL, PARTIAL, PositionalMask, floor_div, segment_tile_kind
 
 
 def _dense(mask, q_pos, k_pos):
@@ -79,6 +80,14 @@ def test_tile_kind_is_sound_and_exact_without_chunks(mask, q0, k0, bq, bk):
             mask.sink and (mask.window_left is not None or mask.window_right is not None)
         ):
             assert dense.any() and not dense.all()
+
+
+@pytest.mark.parametrize("d", [1, 3, 128])
+def test_floor_div_on_jax_ints_matches_python(d):
+    x = np.arange(-300, 300, dtype=np.int32)
+    np.testing.assert_array_equal(floor_div(jnp.asarray(x), d), x // d)
+    np.testing.assert_array_equal(floor_div(x, d), x // d)
+    assert floor_div(-7, 3) == -3
 
 
 def test_tile_kind_vectorizes_over_numpy_arrays():
