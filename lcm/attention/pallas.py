@@ -3,8 +3,9 @@
 The adapter owns what the kernels leave to callers: the layout transposes (``[B,T,N,H]`` here,
 ``[B,N,T,H]`` in the kernels), block sizes from config, padding lengths to whole blocks (padding
 gets segment id 0, which the kernels never attend), and the mapping from ``lcm`` masks to
-kernels. On TPU the kernels are compiled by Mosaic; elsewhere they run in Pallas TPU interpret
-mode (chosen by the kernels from the backend), which is slow and meant for tests.
+kernels. The kernel form follows the platform the program is lowered for (``interpret=None``):
+Mosaic on TPU, so a CPU host can compile a TPU program; jax's generic Pallas interpreter
+elsewhere, which is slow and meant for tests.
 
 Masks: ``Causal()`` and ``Full()`` run the flash kernel (masking on explicit positions). Every
 other mask (``SlidingWindow``, ``ChunkedCausal``, ``Sink`` and their ``&`` / ``|``
