@@ -170,7 +170,9 @@ def get_config() -> ConfigDict:
     config.train.eval_batches = 8  # held-out batches per evaluation (same for every eval)
     config.train.checkpoint_every = 100  # steps between checkpoints
     config.train.max_checkpoints = 3  # checkpoints kept (newest)
-    config.train.peak_flops = 0.0  # FLOP/s for MFU; 0 = measure a float32 matmul at start
+    # Per-device peak FLOP/s for MFU; 0 = lcm.chips' figure for the compute dtype (TPU, GPU),
+    # or on CPU the host's float32 matmul peak measured at start (shared by simulated devices).
+    config.train.peak_flops = 0.0
     # Non-finite loss or gradient norm: the update is always dropped; then "stop" raises (naming
     # the step and the parameters) or "skip" goes on, counting skipped steps in metrics.jsonl.
     config.train.nonfinite = "stop"  # stop | skip

@@ -184,7 +184,7 @@ def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> 
     rules = sharding.validate_rules(config.mesh.rules, config.mesh.axes)
     schedule = optimizer.learning_rate_schedule(config.train)
     batch_size, seq_len = config.data.batch_size, config.data.seq_len
-    peak = t.peak_flops or metrics.measure_peak_flops()
+    peak = metrics.peak_flops(mesh.devices.flat, config.model.dtype, t.peak_flops)
     multihost = jax.process_count() > 1
 
     with sharding.use_mesh(mesh, rules):

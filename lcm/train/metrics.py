@@ -1,10 +1,13 @@
 """Metric logging (``metrics.jsonl`` + TensorBoard via tensorboardX), throughput and MFU.
 
-MFU counts model FLOPs per token as ``6 x (matmul parameters)`` for the dense layers plus the
-attention score/value products, with causal attention counted at half (PaLM appendix B,
-Chowdhery et al. 2022). The peak it divides by is measured on this machine at start-up by a
-large float32 matmul (or given in ``config.train.peak_flops``), so the figure means the same
-on a laptop CPU and on an accelerator.
+MFU = tokens/s x model FLOPs per token / (devices x per-device peak FLOP/s).
+
+Model FLOPs per token are ``6 x (matmul parameters)`` for the dense layers plus the attention
+score/value products, with causal attention counted at half (PaLM appendix B, Chowdhery et al.
+2022); recomputation (remat) is not counted. The per-device peak is the chip's dense peak for
+the compute dtype from ``lcm.chips`` (TPU, NVIDIA GPU), or ``config.train.peak_flops`` when set.
+Simulated CPU devices share one host's cores, so on CPU the denominator is the host's measured
+float32 matmul peak once, whatever the device count.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from tensorboardX import SummaryWriter
 
+from lcm import chips
+
 
 def train_flops_per_token(spec, seq_len: int) -> float:
     """Forward+backward model FLOPs per trained token (no rematerialization counted)."""
@@ -28,6 +33,29 @@ def train_flops_per_token(spec, seq_len: int) -> float:
     # QK^T and PV: 2 matmuls x 2 flops x seq_len x N x H per token per layer, in the forward.
     attention_fwd = 4 * seq_len * n * h * spec.num_layers * causal_fraction
     return 6.0 * matmul_params + 3.0 * attention_fwd
+
+
+def peak_flops(devices, dtype: str, per_device: float = 0.0) -> float:
+    """The MFU denominator: total peak FLOP/s of ``devices`` for compute ``dtype``.
+
+    ``per_device`` (``config.train.peak_flops``) overrides the table; on CPU it is the host's
+    peak, which all simulated devices share.
+
+    Raises:
+      ValueError: an accelerator ``lcm.chips`` does not know, with no ``per_device`` given.
+    """
+    devices = list(devices)
+    if devices[0].platform == "cpu":
+        return per_device or measure_peak_flops()
+    if not per_device:
+        chip = chips.for_device(devices[0])
+        if chip is None:
+            raise ValueError(
+                f"config.train.peak_flops = 0 and device kind {devices[0].device_kind!r} is not "
+                "in lcm.chips; set train.peak_flops to its per-chip peak FLOP/s"
+            )
+        per_device = chip.peak_flops(dtype)
+    return len(devices) * per_device
 
 
 def measure_peak_flops(size: int = 2048, repeats: int = 5) -> float:

@@ -1,5 +1,8 @@
 import json
 
+import jax
+
+from lcm.compile import topology
 from lcm.train import metrics
 
 
@@ -35,3 +38,15 @@ def test_flops_per_token_closed_form():
 
 def test_peak_flops_is_positive():
     assert metrics.measure_peak_flops(size=128, repeats=2) > 0
+
+
+def test_mfu_peak_counts_chips_but_not_simulated_cpu_devices():
+    cpus = jax.devices()[:2]
+    # Two simulated CPU devices share one host: the host peak counts once.
+    assert metrics.peak_flops(cpus, "float32", 5e11) == 5e11
+    tpus = topology.devices("v5e:2x2")
+    assert metrics.peak_flops(tpus, "bfloat16") == 4 * 197e12
+    assert metrics.peak_flops(tpus, "float32") == 4 * 197e12  # f32 matmuls run as bf16 passes
+    assert metrics.peak_flops(tpus[:2], "bfloat16", 1e14) == 2e14
+    v5p = topology.devices("v5p:2x2x1")
+    assert metrics.peak_flops(v5p, "bfloat16") == 4 * 459e12
