@@ -712,8 +712,15 @@ def _check_mesh(c: _Checker, num_devices: int | None) -> None:
         return
     sizes = dict(zip(c.get("mesh.axes"), shape, strict=True))
     batch_shards = sizes["data"] * sizes["fsdp"]
-    if _is_positive_int(c.get("data.batch_size")) and c.get("data.batch_size") % batch_shards:
+    batch, accum = c.get("data.batch_size"), c.get("train.grad_accum_steps")
+    if _is_positive_int(batch) and batch % batch_shards:
         c.fail("data.batch_size", f"must be a multiple of mesh data*fsdp = {batch_shards}")
+    elif _is_positive_int(batch) and _is_positive_int(accum) and (batch // accum) % batch_shards:
+        c.fail(
+            "data.batch_size",
+            f"must be a multiple of train.grad_accum_steps x mesh data*fsdp = "
+            f"{accum} x {batch_shards}: every micro-batch is sharded like the batch",
+        )
     if c.get("model.attention.impl") == "ring" and _is_positive_int(c.get("seq_len")):
         axis, layout = c.get("model.attention.ring_axis"), c.get("model.attention.ring_layout")
         chunks = sizes[axis] * (2 if layout == "zigzag" else 1)

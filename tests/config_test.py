@@ -360,6 +360,11 @@ def test_every_config_validates(path):
             {"data__batch_size": 4, "mesh__shape": (8, 1, 1, 1)},
             "config.data.batch_size = 4: must be a multiple of mesh data*fsdp = 8",
         ),
+        (
+            {"data__batch_size": 8, "train__grad_accum_steps": 2, "mesh__shape": (8, 1, 1, 1)},
+            "config.data.batch_size = 8: must be a multiple of train.grad_accum_steps x mesh "
+            "data*fsdp = 2 x 8: every micro-batch is sharded like the batch",
+        ),
     ],
 )
 def test_bad_values_name_key_and_allowed(overrides, message):

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lcm.parallel import sharding
 from lcm.train import health
 from lcm.train.state import TrainState
 
@@ -35,6 +36,19 @@ def cross_entropy(logits, targets, loss_mask, z_loss: float = 0.0):
     nll = (log_z - target_logit) * mask
     z_term = z_loss * jnp.square(log_z) * mask
     return jnp.sum(nll), jnp.sum(z_term), jnp.sum(mask)
+
+
+def split_micro_batches(x, steps: int):
+    """``[B, ...] -> [steps, B / steps, ...]``; micro-batch ``a`` holds rows ``a, a + steps, ...``.
+
+    Rows are dealt out strided, not in contiguous blocks: with the batch sharded in blocks over
+    the data axes, every device then holds its share of every micro-batch, so the split moves
+    no data (a contiguous split would put whole micro-batches on some devices and make XLA
+    gather the batch). The loss sums over all tokens, so which rows share a micro-batch does not
+    change the step.
+    """
+    x = x.reshape(-1, steps, *x.shape[1:]).swapaxes(0, 1)
+    return sharding.constrain(x, (None, "batch", *(None,) * (x.ndim - 2)))
 
 
 def _forward_loss(model, z_loss):
@@ -59,7 +73,7 @@ def make_train_step(
         if grad_accum_steps == 1:
             (_, (nll, tokens)), grads = grad_fn(state.params, batch)
         else:
-            micro = jax.tree.map(lambda x: x.reshape(grad_accum_steps, -1, *x.shape[1:]), batch)
+            micro = jax.tree.map(lambda x: split_micro_batches(x, grad_accum_steps), batch)
 
             def accumulate(carry, mb):
                 (_, (nll, tokens)), grads = grad_fn(state.params, mb)
