@@ -225,7 +225,9 @@ def get_config() -> ConfigDict:
         ("batch", ("data", "fsdp")),
         ("length", "context"),
         ("kv_length", "context"),
-        ("embed", "fsdp"),
+        # Parameters (and Adam state) over fsdp AND context (ZeRO-3 over the context ranks too);
+        # an activation's embed dim stays whole (its batch and length already use those axes).
+        ("embed", ("fsdp", "context")),
         ("heads", "tensor"),
         ("kv_heads", "tensor"),
         ("mlp", "tensor"),

@@ -12,7 +12,7 @@ name        meaning                 default mesh axes
 batch       [B] examples            (data, fsdp)
 length      [T] query positions     context
 kv_length   [S] key positions       context
-embed       [D] model width         fsdp
+embed       [D] model width         (fsdp, context)
 heads       [N] query heads         tensor
 kv_heads    [K] key/value heads     tensor
 mlp         [F] MLP width           tensor
@@ -20,6 +20,11 @@ vocab       [V] vocabulary          tensor
 head_dim    [H] per-head width      (replicated)
 layers      [L] scanned layers      (replicated)
 ==========  ======================  ===========================
+
+Parameters carry ``embed`` (every weight has a model-width dim), so they and their optimizer
+state are sharded over ``fsdp`` and ``context``: context-parallel ranks hold the same model and
+would otherwise each keep a whole copy of it. Activations name ``batch`` and ``length`` before
+``embed``; a mesh axis is used once per array, so their model-width dim stays unsharded.
 
 The table itself lives in ``configs/base.py`` (``config.mesh.rules``) so experiments can change
 it; ``DEFAULT_RULES`` mirrors it for code that runs without a config.
@@ -53,7 +58,7 @@ DEFAULT_RULES: Rules = (
     ("batch", ("data", "fsdp")),
     ("length", "context"),
     ("kv_length", "context"),
-    ("embed", "fsdp"),
+    ("embed", ("fsdp", "context")),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("mlp", "tensor"),

@@ -203,3 +203,19 @@ def test_gradient_accumulation_moves_no_batch():
         assert accum[kind].ops <= plain[kind].ops, kind
     # XLA counts the scanned micro-batch once: one micro-batch is half the plain step's work.
     assert accum_flops == pytest.approx(plain_flops / 2, rel=0.05)
+
+
+def test_parameters_are_sharded_over_the_context_ranks_too():
+    def argument_bytes(embed_axes):
+        config = small_config("ring", (1, 2, 2, 1))
+        # Wide enough that TPU tiles hold no padding after the 4-way split.
+        config.model.d_model, config.model.mlp_dim = 1024, 2048
+        config.mesh.rules = tuple(
+            (name, embed_axes if name == "embed" else axes) for name, axes in config.mesh.rules
+        )
+        compiled, _ = compile_train(config)
+        return compiled.memory_analysis().argument_size_in_bytes
+
+    # The state (params + Adam moments) is nearly all of the arguments: half per chip.
+    ratio = argument_bytes(("fsdp", "context")) / argument_bytes("fsdp")
+    assert 0.45 < ratio < 0.55, ratio

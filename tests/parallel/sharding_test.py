@@ -21,7 +21,13 @@ def test_logical_spec():
     assert sharding.logical_spec(("batch", "length", "embed")) == P(
         ("data", "fsdp"), "context", None
     )
-    assert sharding.logical_spec(("embed", "heads", "head_dim")) == P("fsdp", "tensor", None)
+    assert sharding.logical_spec(("embed", "heads", "head_dim")) == P(
+        ("fsdp", "context"), "tensor", None
+    )
+    # An activation's embed dim yields its axes to batch and length.
+    assert sharding.logical_spec(("batch", "length", "embed")) == P(
+        ("data", "fsdp"), "context", None
+    )
     assert sharding.logical_spec(("vocab", None)) == P("tensor", None)
 
 
