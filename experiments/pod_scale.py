@@ -1,0 +1,190 @@
+"""The scale table: how long a sequence each model trains on each TPU v5p slice.
+
+Every cell is compiled ahead of time for the slice with ``lcm.compile`` (libtpu's compile-only
+client; nothing runs), so its HBM figure is XLA's own. A cell is (model, slice, sequence length
+L); its plan starts from a global batch of ``--tokens`` tokens (``B = tokens / L`` sequences,
+between 1 and the chip count), puts one sequence per ``fsdp`` rank and spreads each sequence
+over ``context = chips / B`` chips (ring attention with the Pallas kernels as its inner tiles;
+the plain Pallas kernels when ``context`` is 1), with full remat. Parameters and Adam state are
+sharded over all chips (``fsdp`` x ``context``). When a plan does not fit, the batch halves
+(the same sequence on twice the chips) until it fits or ``B = 1`` does not. A cell "trains"
+when it fits with at least 10% headroom.
+
+    .venv/bin/python experiments/pod_scale.py            # the grid below, ~1 h on 2 cores
+    .venv/bin/python experiments/pod_scale.py --from-results   # re-render md + png from json
+
+Writes ``experiments/results/pod_scale.{json,md,png}``. Slice names count chips, as the
+issues do: 64 chips is topology 4x4x4 (Google's accelerator type v5p-128, which counts
+TensorCores).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host only compiles
+
+import argparse
+import json
+import sys
+import time
+
+from small_runs import REPO_ROOT, Provenance, markdown_table
+
+from lcm import config as config_lib
+from lcm.compile import aot
+
+MODELS = {
+    "Llama-3.2-1B": "configs/models/llama3_2_1b.py",
+    "Llama-3-8B": "configs/models/llama3_8b.py",
+    "Llama-3-70B": "configs/models/llama3_70b.py",
+}
+SLICES = {"v5p-64": ("v5p:4x4x4", 64), "v5p-256": ("v5p:4x8x8", 256), "v5p-512": ("v5p:8x8x8", 512)}
+K = 1024
+LENGTHS = (32 * K, 128 * K, 512 * K, K * K, 4 * K * K, 16 * K * K)
+HEADROOM = 0.10
+RESULTS = REPO_ROOT / "experiments" / "results"
+GIB = 2**30
+
+
+def cell_config(model: str, seq_len: int, batch: int, chips: int):
+    config = config_lib.load_config(str(REPO_ROOT / MODELS[model]))
+    context = chips // batch
+    config.seq_len = seq_len
+    config.data.batch_size = batch
+    config.mesh.shape = (1, batch, context, 1)
+    attention = config.model.attention
+    if context > 1:
+        attention.impl, attention.ring_inner = "ring", "pallas"
+    return config
+
+
+def run_cell(model: str, slice_name: str, seq_len: int, tokens: int, log) -> dict:
+    topology, chips = SLICES[slice_name]
+    batch = max(1, min(chips, tokens // seq_len))
+    tried = []
+    while True:
+        config = cell_config(model, seq_len, batch, chips)
+        start = time.perf_counter()
+        record = {"model": model, "slice": slice_name, "topology": topology, "seq_len": seq_len,
+                  "batch": batch, "mesh": list(config.mesh.shape),
+                  "attention": config.model.attention.impl,
+                  "remat": config.model.remat_policy}  # fmt: skip
+        try:
+            report = aot.compile_config(config, topology, eval_step=False)
+        except aot.DoesNotFit as e:
+            record.update(fits=False, error=str(e).splitlines()[0][:300])
+        else:
+            train = report["steps"]["train"]
+            record.update(
+                fits=train["hbm"]["fits"],
+                hbm_gib=train["hbm"]["total"] / GIB,
+                headroom=train["hbm"]["headroom"],
+                model_tflop_per_step=report["model_flops_per_step"] / 1e12,
+                roofline_floor_s=report["roofline_floor_s"],
+                collective_gib_per_step={
+                    k: v["bytes"] / GIB for k, v in train["collectives"].items() if v["ops"]
+                },
+                mosaic_kernels=train["mosaic_kernels"]["ops"],
+            )
+        record["compile_s"] = time.perf_counter() - start
+        record["trains"] = bool(record["fits"] and record.get("headroom", -1) >= HEADROOM)
+        log(json.dumps(record))
+        tried.append(record)
+        if record["trains"] or batch == 1:
+            return {**record, "tried": tried[:-1]}
+        batch //= 2
+
+
+def headline(cells: list[dict]) -> list[list]:
+    rows = []
+    for model in MODELS:
+        for slice_name in SLICES:
+            ok = [c for c in cells if c["model"] == model and c["slice"] == slice_name]
+            best = max((c for c in ok if c["trains"]), key=lambda c: c["seq_len"], default=None)
+            rows.append([model, slice_name, "none" if best is None else f"{best['seq_len']:,}"])
+    return rows
+
+
+def render(data: dict) -> None:
+    cells = data["cells"]
+    rows = []
+    for c in cells:
+        coll = sum(c.get("collective_gib_per_step", {}).values())
+        rows.append([
+            c["model"], c["slice"], f"{c['seq_len']:,}", c["batch"],
+            "x".join(map(str, c["mesh"])), f"{c['attention']}, remat {c['remat']}",
+            f"{c['hbm_gib']:.1f}" if "hbm_gib" in c else "over (XLA)",
+            ("yes" if c["trains"] else "fits, <10% free" if c["fits"] else "no"),
+            f"{c['model_tflop_per_step']:,.0f}" if "model_tflop_per_step" in c else "",
+            f"{c['roofline_floor_s']:.2f}" if "roofline_floor_s" in c else "",
+            f"{coll:,.1f}" if coll else "",
+        ])  # fmt: skip
+    text = "\n\n".join([
+        "# Pod scale: the longest sequence each model trains on each v5p slice",
+        "Compiled ahead of time with `lcm.compile` for compile-only v5p devices (95 GiB HBM, "
+        "459 TFLOP/s bf16 per chip); nothing ran. See `experiments/pod_scale.py` for the plan "
+        "of each cell. \"trains\" = fits with at least 10% of HBM free.",
+        "## Longest sequence that trains",
+        markdown_table(["model", "slice", "longest L"], headline(cells)),
+        "## Every cell (the plan that fit, or the last one tried)",
+        markdown_table(
+            ["model", "slice", "L", "B", "mesh (data x fsdp x context x tensor)", "attention",
+             "HBM/chip GiB", "trains", "model TFLOP/step", "floor s/step",
+             "collectives GiB/step"], rows),
+        "## Provenance",
+        data["provenance"],
+    ]) + "\n"  # fmt: skip
+    (RESULTS / "pod_scale.md").write_text(text)
+    plot(cells)
+
+
+def plot(cells: list[dict]) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4 * len(SLICES), 3.6))
+    axes = fig.subplots(1, len(SLICES), sharey=True)
+    for ax, slice_name in zip(axes, SLICES, strict=True):
+        for model in MODELS:
+            here = [c for c in cells if (c["model"], c["slice"]) == (model, slice_name)]
+            pts = [(c["seq_len"], c["hbm_gib"]) for c in here if "hbm_gib" in c]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=model)
+        ax.axhline(95, color="k", lw=0.8, ls="--", label="HBM per chip")
+        ax.set_xscale("log", base=2)
+        ax.set_title(slice_name)
+        ax.set_xlabel("sequence length (tokens)")
+    axes[0].set_ylabel("HBM per chip (GiB), plan that fit")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "pod_scale.png", dpi=120)
+
+
+def main(argv) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--slices", default=",".join(SLICES))
+    parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
+    parser.add_argument("--tokens", type=int, default=4 * K * K, help="global tokens per step")
+    parser.add_argument("--from-results", action="store_true")
+    args = parser.parse_args(argv[1:])
+    out = RESULTS / "pod_scale.json"
+    if args.from_results:
+        render(json.loads(out.read_text()))
+        return
+    prov = Provenance(argv)
+    cells = []
+    for model in args.models.split(","):
+        for slice_name in args.slices.split(","):
+            for seq_len in map(int, args.lengths.split(",")):
+                cell = run_cell(model, slice_name, seq_len, args.tokens, log=print)
+                cells.append(cell)
+                if not cell["trains"]:
+                    break  # longer sequences need even more memory per chip
+    data = {"cells": cells, "provenance": prov.markdown()}
+    out.write_text(json.dumps(data, indent=1) + "\n")
+    render(data)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
