@@ -258,3 +258,12 @@ def test_state_from_sharded_params(tmp_path, devices8):
         assert a.sharding == s and b.sharding == s
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), state.params, host)
+
+
+def test_load_sharded_refuses_another_model(tmp_path, devices8):
+    config = _config()
+    hf.save(_random_params(config), config, tmp_path)
+    other = _config()
+    other.model.num_layers = 2  # the run's model: not the checkpoint's
+    with pytest.raises(ValueError, match="tensors lcm does not use"):
+        _sharded_load(tmp_path, other)
