@@ -172,9 +172,8 @@ def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> 
       lcm.train.checkpoint.CheckpointSaveError: the workdir is not writable or a save failed.
       lcm.train.health.NonFiniteError: a non-finite step under ``train.nonfinite = "stop"``.
     """
-    hf_params = None
-    if config.model.hf_path is not None:  # model fields and initial weights from a HF checkpoint
-        config, hf_params = hf.with_checkpoint(config)
+    if config.model.hf_path is not None:  # model fields (weights below) from a HF checkpoint
+        config = hf.checkpoint_config(config)
     config_lib.validate(config, num_devices=jax.device_count())
     t = config.train
     ckpt = checkpoint.Checkpointer(workdir, every=t.checkpoint_every, max_to_keep=t.max_checkpoints)
@@ -221,13 +220,17 @@ def train(config, workdir: str, *, log=print, stop_after: int | None = None) -> 
                     f"mesh {mesh_lib.describe(mesh)}; starting from the weights of "
                     f"{t.init_from} (step {source_step}) in {workdir}"
                 )
-            elif hf_params is None:
+            elif config.model.hf_path is None:
                 state = state_lib.init_state(
                     model, tx, shardings, t.seed, batch_size=batch_size, seq_len=seq_len
                 )
                 log(f"mesh {mesh_lib.describe(mesh)}; starting from scratch in {workdir}")
             else:
-                state = state_lib.state_from_params(hf_params, tx, abstract, shardings)
+                # Each param straight into its sharding: no device holds a whole sharded tensor.
+                params = hf.load_sharded(
+                    config.model.hf_path, config, abstract.params, shardings.params
+                )
+                state = state_lib.state_from_params(params, tx, abstract, shardings)
                 log(f"mesh {mesh_lib.describe(mesh)}; starting from {config.model.hf_path}")
         else:
             if saved_health is not None:

@@ -14,6 +14,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -62,12 +63,30 @@ def init_state(model, tx, shardings, seed: int, *, batch_size: int, seq_len: int
     return jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=shardings)(jax.random.key(seed))
 
 
+def _place(x, abstract, sharding):
+    """``x`` in ``sharding``: a jax array already there is kept (no copy), one elsewhere is
+    resharded device to device; a host array is cast on the host and each device gets only its
+    shard (``device_put``)."""
+    if isinstance(x, jax.Array):
+        if x.sharding.is_equivalent_to(sharding, x.ndim):
+            return x
+        return jax.device_put(x, sharding)
+    return jax.device_put(np.asarray(x, abstract.dtype), sharding)
+
+
 def state_from_params(params, tx, abstract: TrainState, shardings) -> TrainState:
-    """A step-0 state holding given ``params`` (e.g. a Hugging Face checkpoint's), cast to the
-    parameter dtypes of ``abstract`` and placed into ``shardings``."""
-    params = jax.tree.map(lambda x, a: jnp.asarray(x, a.dtype), params, abstract.params)
+    """A step-0 state holding given ``params`` (e.g. ``lcm.model.hf.load_sharded``'s, or a
+    restored checkpoint's), cast to the parameter dtypes of ``abstract``, in ``shardings``.
+
+    Params already in ``shardings.params`` are used as they are: the jitted initializer only
+    builds the optimizer state around them (``out_shardings``; the params are donated, so the
+    state's params are the same buffers when the dtypes match, and the caller's arrays are
+    consumed). No device ever holds more than its shard of a sharded param.
+    """
+    params = jax.tree.map(_place, params, abstract.params, shardings.params)
 
     def init(params):
+        params = jax.tree.map(lambda x, a: x.astype(a.dtype), params, abstract.params)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
-    return jax.jit(init, out_shardings=shardings)(params)
+    return jax.jit(init, out_shardings=shardings, donate_argnums=0)(params)

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints <-> lcm: ``load``, ``save`` and the checkpoint's tokenizer.
+"""Hugging Face checkpoints <-> lcm: ``load``, ``load_sharded``, ``save`` and the tokenizer.
 
 Supported families (``config.json`` ``model_type``). The first four are pre-norm RMSNorm + SwiGLU
 decoders with Hugging Face's ``rotate_half`` RoPE, i.e. lcm's ``layout = "half"``:
@@ -27,15 +27,34 @@ Mapping notes: Hugging Face's ``sliding_window = W`` lets a query see ``W`` keys
 itself, lcm's ``window`` is the largest visible distance, so ``window = W - 1``. lcm has no
 ``max_position_embeddings``; the Hugging Face fallbacks to it are resolved here into explicit
 ``rope_scaling`` keys (``original_max_position_embeddings``, LongRoPE's ``factor``; ``dynamic``
-uses ``max_position_embeddings`` as its reference length). Weights are read with
-``safetensors`` (no torch) and returned as float32 numpy arrays (``config.model.param_dtype``).
+uses ``max_position_embeddings`` as its reference length).
+
+Weights (``safetensors``, no torch; one ``model.safetensors`` or several files with
+``model.safetensors.index.json``):
+
+- ``load(dir) -> (config, params)``: host float32 numpy arrays, whatever the file dtype (tests,
+  small models, single-device eval and generation via ``with_checkpoint``).
+- ``load_sharded(dir, config, abstract_params, shardings)``: each param built in its target
+  ``NamedSharding`` with ``jax.make_array_from_callback``; a device's callback reads only the
+  slices of the Hugging Face tensors its shard comes from (``get_slice(name)[index]``, through
+  the transposes, head splits, stacked-layer axis and fused Phi-3 rows), in the checkpoint's
+  dtype, and the cast to the param dtype happens on device. ``lcm.train`` uses it
+  (``checkpoint_config`` for the config, then ``state_from_params``), so no device holds an
+  unsharded copy of a sharded tensor.
+- ``save(params, config, dir, *, dtype=None, max_shard_bytes=5e9)``: ``dtype`` defaults to
+  ``config.model.param_dtype`` (lossless); one layer of one param is gathered to the host at a
+  time (numpy or sharded, multi-host jax arrays; process 0 writes); above ``max_shard_bytes``
+  the tensors go to ``model-0000i-of-0000N.safetensors`` files with Hugging Face's index.
 """
 
 from lcm.model.hf.mapping import FAMILIES as FAMILIES
 from lcm.model.hf.mapping import config_from_hf as config_from_hf
 from lcm.model.hf.mapping import hf_config as hf_config
 from lcm.model.hf.mapping import read_config as read_config
+from lcm.model.hf.merge import checkpoint_config as checkpoint_config
 from lcm.model.hf.merge import with_checkpoint as with_checkpoint
 from lcm.model.hf.weights import load as load
+from lcm.model.hf.weights import load_config as load_config
+from lcm.model.hf.weights import load_sharded as load_sharded
 from lcm.model.hf.weights import load_tokenizer as load_tokenizer
 from lcm.model.hf.weights import save as save

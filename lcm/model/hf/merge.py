@@ -1,11 +1,12 @@
-"""``with_checkpoint``: a run's config plus the model of ``config.model.hf_path``."""
+"""``with_checkpoint`` / ``checkpoint_config``: a run's config plus the model of
+``config.model.hf_path`` (with its host params, or config only)."""
 
 from __future__ import annotations
 
 from ml_collections import ConfigDict
 
 from lcm.config import base_config
-from lcm.model.hf.weights import load
+from lcm.model.hf.weights import load, load_config
 
 # Fields a checkpoint's weights fix: a config that sets them differently cannot use the weights.
 _ARCHITECTURE = (
@@ -22,8 +23,8 @@ def _flat(node, prefix=""):
             yield prefix + key, value
 
 
-def with_checkpoint(config) -> tuple[ConfigDict, dict]:
-    """``config`` with the model of ``config.model.hf_path``, and that checkpoint's params.
+def checkpoint_config(config) -> ConfigDict:
+    """``config`` with the model of ``config.model.hf_path`` (reads only its config.json).
 
     Every ``config.model`` field (and ``data.tokenizer``) left at its ``configs/base.py``
     default takes the checkpoint's value; fields the config sets differently are kept, so
@@ -36,7 +37,7 @@ def with_checkpoint(config) -> tuple[ConfigDict, dict]:
     """
     if config.model.hf_path is None:
         raise ValueError("config.model.hf_path is None: no checkpoint to load")
-    loaded, params = load(config.model.hf_path)
+    loaded = load_config(config.model.hf_path)
     base = dict(_flat(base_config().model))
     merged = config.copy_and_resolve_references()
     checkpoint = dict(_flat(loaded.model))
@@ -53,4 +54,11 @@ def with_checkpoint(config) -> tuple[ConfigDict, dict]:
         merged.model.update_from_flattened_dict(taken)
         if config.data.tokenizer == "byte":
             merged.data.tokenizer = loaded.data.tokenizer
-    return merged, params
+    return merged
+
+
+def with_checkpoint(config) -> tuple[ConfigDict, dict]:
+    """``(checkpoint_config(config), the checkpoint's params)``, params as host float32 numpy
+    (``load``); on a mesh, use ``checkpoint_config`` and ``load_sharded`` instead."""
+    merged = checkpoint_config(config)
+    return merged, load(config.model.hf_path)[1]
