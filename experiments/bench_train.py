@@ -50,6 +50,7 @@ import numpy as np
 from lcm import attention
 from lcm import config as config_lib
 from lcm import model as model_lib
+from lcm.model import head
 from lcm.model.spec import mask_for
 from lcm.parallel import mesh as mesh_lib
 from lcm.parallel import sharding
@@ -169,9 +170,10 @@ def _pieces(spec, model, tx, state, batch, steps):
         )  # fmt: skip
         return jnp.vdot(out, ct)
 
-    def loss(params):
-        logits = model.apply({"params": params}, batch["inputs"], pos, seg)
-        nll, _, tokens = step_lib.cross_entropy(logits, batch["targets"], batch["loss_mask"])
+    def loss(params):  # the train step's loss (chunked over config.model.loss_chunk)
+        nll, _, tokens = head.model_cross_entropy(
+            model, params, batch["inputs"], pos, seg, batch["targets"], batch["loss_mask"]
+        )
         return nll / tokens
 
     attention_grad = jax.jit(jax.grad(attention_loss, argnums=(0, 1, 2)))

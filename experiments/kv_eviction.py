@@ -39,7 +39,7 @@ from lcm import config as config_lib  # noqa: E402
 from lcm import model as model_lib  # noqa: E402
 from lcm.data import synthetic  # noqa: E402
 from lcm.data.tokenizers import ByteTokenizer  # noqa: E402
-from lcm.eval import tasks  # noqa: E402
+from lcm.eval import perplexity, tasks  # noqa: E402
 from lcm.inference import cache as cache_lib  # noqa: E402
 from lcm.inference import decoding  # noqa: E402
 
@@ -118,11 +118,11 @@ def train(config, args, log=print):
     return params, float(np.mean(losses[-20:]))
 
 
-def score(config, params, logprob, task, args) -> float:
+def score(config, params, nll_fn, task, args) -> float:
     decode = tasks.make_decode_fn(params, config)
     record = tasks.run_task(
         task,
-        logprob,
+        nll_fn,
         decode,
         params,
         ByteTokenizer(),
@@ -165,7 +165,7 @@ def main() -> None:
     train_s = time.perf_counter() - train_start
     model = model_lib.Transformer(model_lib.build_spec(config))
     unscanned = decoding.unscan_params(params)
-    logprob = tasks.make_logprob_fn(model)  # the answer's NLL (unused here), jitted once
+    nll_fn = perplexity.make_nll_fn(model)  # the answer's NLL (unused here), jitted once
 
     rows = []
     settings = [("full", None)] + [(p, b) for b in args.budgets for p in POLICIES]
@@ -175,7 +175,7 @@ def main() -> None:
         row = {"policy": policy if policy != "caote" else "caote (h2o)", "budget": budget}
         t0 = time.perf_counter()
         for task in args.tasks:
-            row[task] = score(config, params, logprob, task, args)
+            row[task] = score(config, params, nll_fn, task, args)
         row["cache_bytes"] = cache_bytes(config, unscanned, budget)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         print(json.dumps(row), flush=True)

@@ -209,6 +209,11 @@ def _check_model(c: _Checker) -> None:
     c.one_of(m + "dtype", DTYPES)
     c.one_of(m + "param_dtype", DTYPES)
     c.one_of(m + "remat_policy", REMAT_POLICIES)
+    c.check(
+        m + "loss_chunk",
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "must be an integer >= 0 (positions per loss chunk; 0 = full logits)",
+    )
 
     _check_positional(c)
 

@@ -334,6 +334,11 @@ def test_every_config_validates(path):
         ({"model__parallel_block": 1}, "config.model.parallel_block = 1: must be of type bool"),
         ({"model__logit_scale": 0.0}, "config.model.logit_scale = 0.0: must be a number > 0"),
         (
+            {"model__loss_chunk": -1},
+            "config.model.loss_chunk = -1: must be an integer >= 0 (positions per loss chunk; "
+            "0 = full logits)",
+        ),
+        (
             {"model__hf_path": "/nonexistent"},
             "config.model.hf_path = '/nonexistent': must be None or a directory holding a "
             "Hugging Face config.json",

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lcm.model import head
+
 PROTOCOLS = ("truncate", "sliding")
 
 
@@ -64,16 +66,21 @@ def windows(
 
 
 def make_nll_fn(model) -> Callable:
-    """Jitted ``(params, inputs, targets, mask) [B, L] -> (nll_sum, tokens)`` in float32."""
+    """Jitted ``(params, inputs, targets, mask) [B, L] -> (nll_sum, tokens)`` in float32.
+
+    The loss of the train and eval steps (``lcm.model.head.model_cross_entropy``): the output
+    head runs over ``config.model.loss_chunk`` positions at a time, so a long window never holds
+    its full ``[B, L, V]`` logits.
+    """
 
     def nll(params, inputs, targets, mask):
         b, length = inputs.shape
         positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
-        logits = model.apply({"params": params}, inputs, positions, jnp.ones_like(inputs))
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        token_nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-        m = mask.astype(jnp.float32)
-        return jnp.sum(token_nll * m), jnp.sum(m)
+        segment_ids = jnp.ones_like(inputs)
+        nll_sum, _, tokens = head.model_cross_entropy(
+            model, params, inputs, positions, segment_ids, targets, mask
+        )
+        return nll_sum, tokens
 
     return jax.jit(nll)
 

@@ -177,7 +177,7 @@ def evaluate(config, workdir: str, *, log: Callable[[str], None] = print) -> dic
         log(f"perplexity done in {time.perf_counter() - start:.1f}s")
     synthetic_tasks = [t for t in e.tasks if t != "perplexity"]
     if synthetic_tasks:
-        logprob_fn = tasks.make_logprob_fn(model)
+        nll_fn = perplexity.make_nll_fn(model)
         decode_fn = tasks.make_decode_fn(params, config)
         results["inference"] = json.loads(config.inference.to_json())
         needs_code = any(synthetic.TASKS[t].needs_code for t in synthetic_tasks)
@@ -186,7 +186,7 @@ def evaluate(config, workdir: str, *, log: Callable[[str], None] = print) -> dic
         start = time.perf_counter()
         results["tasks"][task] = tasks.run_task(
             task,
-            logprob_fn,
+            nll_fn,
             decode_fn,
             params,
             data.tokenizer,

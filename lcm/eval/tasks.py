@@ -5,7 +5,9 @@ Answers are generated with ``lcm.inference.generate`` (KV cache, chunked prefill
 stopping at a newline (no answer contains one), after the task's ``max_new_tokens``, or when
 prompt plus answer reach the sample length ``L``. The answer's teacher-forced log-likelihood
 (``Sample.target``, e.g. ``" 12345"`` for a pass key) is reported as mean NLL per token beside
-the exact-match score; it runs one sequence of exactly ``L`` tokens (prompt, answer, zeros):
+the exact-match score; it runs one sequence of exactly ``L`` tokens (prompt, answer, zeros)
+through ``perplexity.make_nll_fn`` (the chunked loss: no ``[L, V]`` table) with only the answer's
+targets scored:
 attention is causal, so trailing tokens cannot change the scored logits, and every forward at
 that length reuses one compiled shape.
 """
@@ -26,7 +28,10 @@ NEWLINE = "\n"
 
 
 def make_logprob_fn(model) -> Callable:
-    """Jitted ``(params, tokens [1, L]) -> float32 [L, V]`` next-token log-probabilities."""
+    """Jitted ``(params, tokens [1, L]) -> float32 [L, V]`` next-token log-probabilities.
+
+    The full table, for short sequences; scoring an answer uses ``perplexity.make_nll_fn``.
+    """
 
     def logprobs(params, tokens):
         length = tokens.shape[1]
@@ -55,20 +60,25 @@ def make_decode_fn(params, config) -> Callable:
     return decode
 
 
-def target_nll(logprob_fn, params, prompt: np.ndarray, target: np.ndarray, *, length: int):
-    """Mean NLL per token of ``target`` following ``prompt`` (teacher forcing)."""
+def target_nll(nll_fn, params, prompt: np.ndarray, target: np.ndarray, *, length: int):
+    """Mean NLL per token of ``target`` following ``prompt`` (teacher forcing).
+
+    ``nll_fn``: ``(params, inputs, targets, mask) [1, L] -> (nll_sum, tokens)``
+    (``perplexity.make_nll_fn``).
+    """
     tokens = np.zeros((1, length), np.int32)
     tokens[0, : len(prompt)] = prompt
     tokens[0, len(prompt) : len(prompt) + len(target)] = target
-    rows = len(prompt) - 1 + np.arange(len(target))
-    # Gathered on device: only len(target) numbers come back, not the [L, V] table.
-    picked = logprob_fn(params, tokens)[jnp.asarray(rows), jnp.asarray(target)]
-    return float(-np.asarray(picked).mean())
+    rows = len(prompt) - 1 + np.arange(len(target))  # the positions that predict the answer
+    targets, mask = np.zeros_like(tokens), np.zeros_like(tokens)
+    targets[0, rows], mask[0, rows] = target, 1
+    nll_sum, count = nll_fn(params, tokens, targets, mask)
+    return float(nll_sum) / float(count)
 
 
 def run_task(
     task: str,
-    logprob_fn,
+    nll_fn,
     decode_fn,
     params,
     tokenizer,
@@ -82,7 +92,7 @@ def run_task(
 ) -> dict:
     """Scores ``task`` on the (length, depth) grid; returns its results record.
 
-    ``logprob_fn`` (``make_logprob_fn``) scores the target; ``decode_fn`` (``make_decode_fn``)
+    ``nll_fn`` (``perplexity.make_nll_fn``) scores the target; ``decode_fn`` (``make_decode_fn``)
     generates the answer.
 
     Cells where not even the smallest haystack fits the length are recorded with
@@ -120,7 +130,7 @@ def run_task(
                 target = np.asarray(tokenizer.encode(sample.target), np.int32)
                 predictions.append(tokenizer.decode(np.asarray(out, np.int32)))
                 references.append(sample.references)
-                nlls.append(target_nll(logprob_fn, params, prompt, target, length=length))
+                nlls.append(target_nll(nll_fn, params, prompt, target, length=length))
                 sizes.append(sample.size)
                 progress(f"{task}: sample {done}/{total} (L={length}, depth={depth})")
             cell = {"length": length, "depth": depth, "samples": len(predictions)}

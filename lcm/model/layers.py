@@ -84,7 +84,7 @@ class MLP(nn.Module):
 
 
 class Embed(nn.Module):
-    """Token embedding ``[V,D]``; ``attend`` reuses it as the tied output projection."""
+    """Token embedding ``[V,D]`` (the tied output projection reads it: ``lcm.model.head``)."""
 
     vocab_size: int
     d_model: int
@@ -101,6 +101,3 @@ class Embed(nn.Module):
 
     def __call__(self, tokens: jax.Array) -> jax.Array:  # tokens [B,T] -> [B,T,D]
         return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
-
-    def attend(self, x: jax.Array) -> jax.Array:  # x [B,T,D] -> float32 logits [B,T,V]
-        return jnp.einsum("BTD,VD->BTV", x.astype(jnp.float32), self.embedding.astype(jnp.float32))

@@ -50,6 +50,7 @@ class ModelSpec:
     dense_last: int = 0  # the last layers run dense_impl instead (MoBA keeps its last 3 full)
     dense_impl: str = "blockwise"
     dense_options: tuple[tuple[str, Any], ...] = ()
+    loss_chunk: int = 0  # positions per output-head chunk in the loss (lcm.model.head); 0 = all
 
     def dense_tail(self) -> ModelSpec:
         """The spec of the last ``dense_last`` layers."""
@@ -144,6 +145,7 @@ def build_spec(config, *, attention_impl: str | None = None) -> ModelSpec:
         attention_impl=impl,
         attention_options=_attention_options(m.attention, impl),
         period_layers=period,
+        loss_chunk=m.loss_chunk,
     )
     dense_last = m.attention.sparse_dense_last
     if dense_last:

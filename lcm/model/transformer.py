@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from lcm import attention as attention_lib
 from lcm.attention import sparse as sparse_lib
 from lcm.inference import cache as kv_cache
+from lcm.model import head as head_lib
 from lcm.model import layers
 from lcm.model.spec import ModelSpec, mask_for
 from lcm.parallel import sharding
@@ -157,12 +158,25 @@ class Group(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Decoder-only LM: ``(tokens, positions, segment_ids) [B,T] -> float32 logits [B,T,V]``."""
+    """Decoder-only LM: ``(tokens, positions, segment_ids) [B,T] -> float32 logits [B,T,V]``.
+
+    ``hidden`` stops before the output head (the final-norm states ``[B,T,D]``); the head is
+    ``lcm.model.head.logits``, so the loss can apply it a chunk at a time
+    (``head.chunked_cross_entropy``) and never hold the full logits.
+    """
 
     spec: ModelSpec
 
-    @nn.compact
     def __call__(self, tokens, positions, segment_ids=None):
+        x = self.hidden(tokens, positions, segment_ids)
+        params = self.variables["params"]
+        names = ("embed",) if self.spec.tie_embeddings else ("unembed",)
+        # Unboxed: during init the variables still carry their sharding metadata.
+        return head_lib.logits(self.spec, nn.unbox({k: params[k] for k in names}), x)
+
+    @nn.compact
+    def hidden(self, tokens, positions, segment_ids=None):
+        """Final hidden states ``[B,T,D]`` (after the final norm, in the compute dtype)."""
         s = self.spec
         if segment_ids is None:
             segment_ids = jnp.ones_like(tokens)
@@ -198,19 +212,11 @@ class Transformer(nn.Module):
         x = layers.NORMS[s.norm](
             name="final_norm", eps=s.norm_eps, dtype=s.dtype, param_dtype=s.param_dtype
         )(x)
-        if s.tie_embeddings:
-            logits = embed.attend(x)
-            if s.scale_tied_logits:
-                # Scaled by 1/sqrt(D) so unit-variance embeddings give O(1) logits.
-                logits = logits / jnp.sqrt(jnp.float32(s.d_model))
-        else:
-            w = self.param(
+        if not s.tie_embeddings:  # declared here, the one compact method; read by head.logits
+            self.param(
                 "unembed",
                 sharding.param(_DENSE_INIT, ("embed", "vocab")),
                 (s.d_model, s.vocab_size),
                 s.param_dtype,
             )
-            logits = jnp.einsum("BTD,DV->BTV", x.astype(jnp.float32), w.astype(jnp.float32))
-        if s.logit_scale != 1.0:  # Cohere's fixed output temperature
-            logits = logits * jnp.float32(s.logit_scale)
-        return sharding.constrain(logits, ("batch", "length", "vocab"))
+        return x

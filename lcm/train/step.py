@@ -3,10 +3,16 @@
 The loss is next-token cross-entropy in float32 averaged over ``loss_mask`` tokens (padding and
 document-boundary targets masked by the data pipeline), plus an optional z-loss
 ``z_loss * logsumexp(logits)^2`` (PaLM, Chowdhery et al. 2022) that keeps the softmax normalizer
-near 1. Gradient accumulation splits the global batch into ``grad_accum_steps`` micro-batches
-scanned inside one step, so one step is always one optimizer update on the same tokens. A step
-whose loss or gradients are not finite applies no update (``lcm.train.health``) and says so in
-its metrics (``finite``, and ``leaf_finite`` per parameter).
+near 1. The loss never holds the full ``[B,T,V]`` logits: the model stops at its final hidden
+states and ``lcm.model.head.chunked_cross_entropy`` applies the output head, log-softmax, NLL and
+z-loss to ``config.model.loss_chunk`` positions at a time in a rematerialized ``lax.scan``, so
+the logits and their gradient take ``O(B x loss_chunk x V)`` memory (``loss_chunk = 0``: full
+logits, as inference and ``cross_entropy`` use them).
+
+Gradient accumulation splits the global batch into ``grad_accum_steps`` micro-batches scanned
+inside one step, so one step is always one optimizer update on the same tokens. A step whose
+loss or gradients are not finite applies no update (``lcm.train.health``) and says so in its
+metrics (``finite``, and ``leaf_finite`` per parameter).
 
 ``jax.jit`` appears here (and in eval) only, with explicit in/out shardings and the state
 donated.
@@ -20,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lcm.model import head
 from lcm.parallel import sharding
 from lcm.train import health
 from lcm.train.state import TrainState
@@ -27,15 +34,8 @@ from lcm.train.state import TrainState
 BATCH_KEYS = ("inputs", "targets", "positions", "segment_ids", "loss_mask")
 
 
-def cross_entropy(logits, targets, loss_mask, z_loss: float = 0.0):
-    """Summed masked token loss, summed z-loss term and token count (all float32 scalars)."""
-    logits = logits.astype(jnp.float32)
-    mask = loss_mask.astype(jnp.float32)
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    nll = (log_z - target_logit) * mask
-    z_term = z_loss * jnp.square(log_z) * mask
-    return jnp.sum(nll), jnp.sum(z_term), jnp.sum(mask)
+# Summed masked token loss, summed z-loss and token count of full logits (benchmarks, tests).
+cross_entropy = head.cross_entropy
 
 
 def split_micro_batches(x, steps: int):
@@ -53,10 +53,12 @@ def split_micro_batches(x, steps: int):
 
 def _forward_loss(model, z_loss):
     def loss_fn(params, batch):
-        logits = model.apply(
-            {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"]
+        nll, z_term, tokens = head.model_cross_entropy(
+            model,
+            params,
+            *(batch[k] for k in ("inputs", "positions", "segment_ids", "targets", "loss_mask")),
+            z_loss=z_loss,
         )
-        nll, z_term, tokens = cross_entropy(logits, batch["targets"], batch["loss_mask"], z_loss)
         return nll + z_term, (nll, tokens)
 
     return loss_fn

@@ -8,7 +8,7 @@ import numpy as np
 
 from lcm import model as model_lib
 from lcm.data import ByteTokenizer
-from lcm.eval import tasks
+from lcm.eval import perplexity, tasks
 
 from .conftest import tiny_config
 
@@ -21,7 +21,7 @@ def _reference_model():
 def test_greedy_and_target_nll_match_unpadded_forwards(tiny):
     config, _, params = tiny
     model = _reference_model()
-    logprob_fn = tasks.make_logprob_fn(model)
+    nll_fn = perplexity.make_nll_fn(model)
     decode_fn = tasks.make_decode_fn(params, config)
     prompt = np.random.default_rng(0).integers(1, 256, 10).astype(np.int32)
     out = decode_fn(prompt, length=32, max_new_tokens=3)
@@ -40,7 +40,7 @@ def test_greedy_and_target_nll_match_unpadded_forwards(tiny):
     target = np.array([7, 200, 31], np.int32)
     full = np.asarray(unpadded(np.concatenate([prompt, target])))
     expected = -np.mean([full[9 + i, target[i]] for i in range(3)])
-    got = tasks.target_nll(logprob_fn, params, prompt, target, length=32)
+    got = tasks.target_nll(nll_fn, params, prompt, target, length=32)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     # The decode budget never runs past the length; the stop token ends the answer.
     assert len(decode_fn(prompt, length=12, max_new_tokens=8)) == 2
@@ -82,10 +82,21 @@ def _perfect_passkey_model(params, tokens):
     return logp
 
 
+def _nll_of(logprob_fn):
+    """The ``(params, inputs, targets, mask) -> (nll_sum, tokens)`` of a log-prob fake."""
+
+    def nll(params, inputs, targets, mask):
+        logp = logprob_fn(params, inputs)
+        picked = np.take_along_axis(logp, np.asarray(targets[0])[:, None], -1)[:, 0]
+        return -(picked * mask[0]).sum(), mask.sum()
+
+    return nll
+
+
 def test_run_task_scores_a_perfect_reader_100():
     record = tasks.run_task(
         "passkey",
-        _perfect_passkey_model,
+        _nll_of(_perfect_passkey_model),
         _greedy(_perfect_passkey_model),
         None,
         ByteTokenizer(),
