@@ -67,7 +67,7 @@ def test_state_shardings_run_nothing_on_the_mesh():
     wq = abstract.params["layers"]["block0"]["attn"]["wq"]
     assert wq.sharding.mesh.devices.flat[0].platform == "tpu"
     spec = shardings.params["layers"]["block0"]["attn"]["wq"].spec
-    assert spec == P(None, "fsdp", "tensor", None)
+    assert spec == P(None, ("fsdp", "context"), "tensor", None)
 
 
 ON_KERNEL = {"model.attention.sparse_kernel": "pallas"}
