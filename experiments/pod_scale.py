@@ -96,13 +96,20 @@ def run_cell(model: str, slice_name: str, seq_len: int, tokens: int, log) -> dic
         batch //= 2
 
 
+def _present(cells: list[dict], key: str, names) -> list[str]:
+    return [n for n in names if any(c[key] == n for c in cells)]
+
+
 def headline(cells: list[dict]) -> list[list]:
-    rows = []
-    for model in MODELS:
-        for slice_name in SLICES:
+    rows, longest_tried = [], max(c["seq_len"] for c in cells)
+    for model in _present(cells, "model", MODELS):
+        for slice_name in _present(cells, "slice", SLICES):
             ok = [c for c in cells if c["model"] == model and c["slice"] == slice_name]
             best = max((c for c in ok if c["trains"]), key=lambda c: c["seq_len"], default=None)
-            rows.append([model, slice_name, "none" if best is None else f"{best['seq_len']:,}"])
+            text = "none" if best is None else f"{best['seq_len']:,}"
+            if best is not None and best["seq_len"] == longest_tried:
+                text = f">= {text} (the longest tried)"
+            rows.append([model, slice_name, text])
     return rows
 
 
@@ -142,10 +149,11 @@ def render(data: dict) -> None:
 def plot(cells: list[dict]) -> None:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4 * len(SLICES), 3.6))
-    axes = fig.subplots(1, len(SLICES), sharey=True)
-    for ax, slice_name in zip(axes, SLICES, strict=True):
-        for model in MODELS:
+    slices = _present(cells, "slice", SLICES)
+    fig = Figure(figsize=(4 * len(slices), 3.6))
+    axes = fig.subplots(1, len(slices), sharey=True, squeeze=False)[0]
+    for ax, slice_name in zip(axes, slices, strict=True):
+        for model in _present(cells, "model", MODELS):
             here = [c for c in cells if (c["model"], c["slice"]) == (model, slice_name)]
             pts = [(c["seq_len"], c["hbm_gib"]) for c in here if "hbm_gib" in c]
             if pts:
