@@ -54,7 +54,6 @@ from lcm.attention import core, tiles
 from lcm.attention import masks as masks_lib
 from lcm.parallel import sharding
 
-_HEADS = ("heads", "kv_heads")
 # Logical names of the attention arrays' dimensions: q [B,T,N,H], k/v [B,S,K,H], rows [B,T].
 Q_NAMES = ("batch", None, "heads", None)
 KV_NAMES = ("batch", None, "kv_heads", None)
@@ -81,8 +80,8 @@ def per_chip(fn, args, names, out_names):
         return axes if ok else None
 
     batch = usable("batch", ("batch",))
-    heads = usable("heads", _HEADS)
-    if heads is None or sharding.mesh_axes("kv_heads") != heads:
+    heads = usable("heads", ("heads", "kv_heads"))
+    if sharding.mesh_axes("kv_heads") != heads:  # a GQA group must stay on one chip
         heads = None
     axes = {"batch": batch, "heads": heads, "kv_heads": heads, None: None}
     if batch is None and heads is None:
@@ -252,10 +251,10 @@ def pallas_attention(
         )  # fmt: skip
         return out.transpose(0, 2, 1, 3)[:, :t], lse.transpose(0, 2, 1)[:, :t]
 
-    rows = ROW_NAMES
+    rows = (ROW_NAMES,) * 4
     out, lse = per_chip(
-        local, (q, k, v, q_pos, k_pos, q_seg, kv_seg),
-        (Q_NAMES, KV_NAMES, KV_NAMES, rows, rows, rows, rows), (Q_NAMES, ("batch", None, "heads")),
+        local, (q, k, v, q_pos, k_pos, q_seg, kv_seg), (Q_NAMES, KV_NAMES, KV_NAMES, *rows),
+        (Q_NAMES, ("batch", None, "heads")),
     )  # fmt: skip
     return out, (lse if return_lse else None)
 

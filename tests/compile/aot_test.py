@@ -19,7 +19,6 @@ from lcm.compile import aot, hlo, topology
 from lcm.parallel import mesh as mesh_lib
 from lcm.parallel import sharding
 from lcm.train import program
-from lcm.train import state as state_lib
 
 T, H = 512, 32  # sequence and head dim: an all-gather with both dims would gather q, k or v
 
@@ -59,11 +58,9 @@ def test_state_shardings_run_nothing_on_the_mesh():
     config = small_config()
     mesh = mesh_lib.make_mesh(config.mesh, devices=topology.devices("v5e:2x2"))
     rules = sharding.validate_rules(config.mesh.rules, config.mesh.axes)
-    with sharding.use_mesh(mesh, rules):
+    with sharding.use_mesh(mesh, rules):  # build_program runs state_lib.state_shardings
         prog = program.build_program(config, mesh, rules)
-        abstract, shardings = state_lib.state_shardings(
-            prog.model, prog.tx, mesh, rules, batch_size=4, seq_len=T
-        )
+    abstract, shardings = prog.abstract, prog.shardings
     wq = abstract.params["layers"]["block0"]["attn"]["wq"]
     assert wq.sharding.mesh.devices.flat[0].platform == "tpu"
     spec = shardings.params["layers"]["block0"]["attn"]["wq"].spec
