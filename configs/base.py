@@ -41,7 +41,7 @@ def get_config() -> ConfigDict:
     config.model.dtype = "float32"  # compute dtype: float32 | bfloat16
     config.model.param_dtype = "float32"  # parameter dtype: float32 | bfloat16
     config.model.scan_layers = True  # nn.scan over layers (fast compiles)
-    config.model.remat_policy = "none"  # none | full | dots_saveable | ...
+    config.model.remat_policy = "none"  # none | full | save_attention | offload_attention | ...
 
     # Positional scheme: a registered name plus flat fields (lcm.positional).
     config.model.positional = ConfigDict()

@@ -5,12 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from jax.experimental.pallas import tpu as pltpu
 
 # TPU vreg tiling: the last block dim is a multiple of 128 lanes, the one before of 8 sublanes
 # (or either equals the whole array dim).
 NUM_LANES = 128
 NUM_SUBLANES = 8
+
+# ``jax.checkpoint`` names of the flash residuals: the output and log-sum-exp a forward rule saves
+# for its backward. A remat policy that keeps these names (lcm's ``save_attention``) runs each
+# attention forward once; ``nothing_saveable`` reruns it in the backward pass.
+OUT_NAME = "attention_out"
+LSE_NAME = "attention_lse"
+
+
+def name_residuals(out, lse):
+    """``(out, lse)`` tagged with ``OUT_NAME`` / ``LSE_NAME``. Call it in a ``custom_vjp``
+    forward rule on the values it returns both as outputs and as residuals, so a policy that
+    saves them leaves nothing of the forward to recompute."""
+    return checkpoint_name(out, OUT_NAME), checkpoint_name(lse, LSE_NAME)
 
 
 def resolve_interpret(interpret: Any, tile_probe: Any = None) -> Any:

@@ -44,7 +44,8 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 BASE_CONFIG = REPO_ROOT / "configs" / "base.py"
 
 DTYPES = ("float32", "bfloat16")
-REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                  "save_attention", "offload_attention")  # fmt: skip
 ROPE_LAYOUTS = ("half", "interleaved")
 NORMS = ("rms", "layernorm")  # lcm.model.layers.NORMS
 MASKS = schedule_lib.MASKS

@@ -17,7 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from kernels_pallas import engine
+from kernels_pallas import common, engine
 from kernels_pallas.block_sparse.block_lists import BlockLists
 from kernels_pallas.common import (
     NUM_LANES,
@@ -65,7 +65,7 @@ def _static(mask, scale, lists, options):
 def _fwd(q, k, v, tokens, lists, mask, scale, options):
     rows = list_schedule(lists.kv_ids, lists.kv_kinds, lists.kv_counts)
     st = _static(mask, scale, lists, options)
-    out, lse = engine.forward(q, k, v, tokens, rows, st)
+    out, lse = common.name_residuals(*engine.forward(q, k, v, tokens, rows, st))
     return (out, lse), (q, k, v, tokens, lists, out, lse)
 
 

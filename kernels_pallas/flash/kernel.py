@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from kernels_pallas import engine
+from kernels_pallas import common, engine
 from kernels_pallas.common import (
     NUM_LANES,
     NUM_SUBLANES,
@@ -218,6 +218,7 @@ def _fwd(q, k, v, tokens, mask, scale, block_sizes, options):
     blocks = block_sizes.pairs()["fwd"]
     rows, _ = _schedules(mask, tokens, blocks, options)
     out, lse = engine.forward(q, k, v, tokens, rows, _static(mask, scale, blocks, options))
+    out, lse = common.name_residuals(out, lse)
     return (out, lse), (q, k, v, tokens, out, lse)
 
 

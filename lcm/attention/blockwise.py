@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from kernels_pallas.common import name_residuals
 from lcm.attention import core, tiles
 from lcm.attention import masks as masks_lib
 
@@ -265,7 +266,7 @@ def _forward(st: _Static, q, k, v, q_pos, k_pos, q_seg, kv_seg, visits):
 
 
 def _flash_fwd(st, q, k, v, q_pos, k_pos, q_seg, kv_seg, visits):
-    out, lse = _forward(st, q, k, v, q_pos, k_pos, q_seg, kv_seg, visits)
+    out, lse = name_residuals(*_forward(st, q, k, v, q_pos, k_pos, q_seg, kv_seg, visits))
     return (out, lse), (q, k, v, q_pos, k_pos, q_seg, kv_seg, visits, out, lse)
 
 

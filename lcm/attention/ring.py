@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from kernels_pallas.common import name_residuals
 from lcm.attention import blockwise, core, pallas
 from lcm.attention.merge import merge_attention
 from lcm.parallel import sharding
@@ -82,7 +83,7 @@ def _ring_fwd(q, k, v, q_pos, k_pos, q_seg, k_seg, axis_name, fwd_tile):
     )
     (out, lse, kv), _ = jax.lax.scan(step, init, None, length=n - 1)
     out_t, lse_t = fwd_tile(q, *kv[:2], q_pos, kv[2], q_seg, kv[3])
-    out, lse = merge_attention([out, out_t], [lse, lse_t])
+    out, lse = name_residuals(*merge_attention([out, out_t], [lse, lse_t]))
     return (out, lse), (q, k, v, q_pos, k_pos, q_seg, k_seg, out, lse)
 
 

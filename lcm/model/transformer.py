@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kernels_pallas import common as kernels_common
 from lcm import attention as attention_lib
 from lcm.attention import sparse as sparse_lib
 from lcm.inference import cache as kv_cache
@@ -32,11 +33,26 @@ from lcm.positional.schedule import LayerSpec
 
 _DENSE_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 
+_ATTENTION_RESIDUALS = (kernels_common.OUT_NAME, kernels_common.LSE_NAME)
+# What the backward pass of a layer group may keep from its forward (``jax.checkpoint``
+# policies); the rest is recomputed. ``full`` keeps only each group's input (the residual stream
+# the layer scan carries) and so reruns every attention forward in the backward pass;
+# ``save_attention`` also keeps the flash residuals (``out``, ``lse``) of every layer, so the
+# backward recomputes only projections, norms and MLPs (with impl blockwise, pallas, ring or a
+# block-sparse kernel: the others have no named residuals and behave like ``full``);
+# ``offload_attention`` keeps the same residuals in pinned host memory instead of HBM.
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
     "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_attention": jax.checkpoint_policies.save_only_these_names(*_ATTENTION_RESIDUALS),
+    "offload_attention": jax.checkpoint_policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=(),
+        names_which_can_be_offloaded=_ATTENTION_RESIDUALS,
+        offload_src="device",
+        offload_dst="pinned_host",
+    ),
 }
 
 

@@ -216,3 +216,26 @@ def test_parameters_are_sharded_over_the_context_ranks_too():
     # The state (params + Adam moments) is nearly all of the arguments: half per chip.
     ratio = argument_bytes(("fsdp", "context")) / argument_bytes("fsdp")
     assert 0.45 < ratio < 0.55, ratio
+
+
+def test_save_attention_runs_each_attention_forward_once():
+    # Ring over 4 chips with Pallas tiles: each layer's forward is 4 kernel calls (one per hop),
+    # its backward 8 (dq and dkv per hop). Full remat reruns the forward in the backward pass
+    # (and its K/V hops); save_attention keeps out and lse; offload_attention keeps them in
+    # host memory (memory space S(5) in the TPU HLO).
+    def compile_with(policy):
+        config = small_config("ring", (1, 1, 4, 1), **{"model.remat_policy": policy})
+        config.model.attention.ring_inner = "pallas"
+        compiled, summary = compile_train(config)
+        return compiled.as_text(), summary
+
+    layers = tiny.get_config().model.num_layers
+    _, full = compile_with("full")
+    _, saved = compile_with("save_attention")
+    offload_text, offloaded = compile_with("offload_attention")
+    assert full.mosaic.executed == layers * (4 + 4 + 8)
+    assert saved.mosaic.executed == offloaded.mosaic.executed == layers * (4 + 8)
+    permutes = [s.collectives["collective-permute"].executed for s in (full, saved, offloaded)]
+    # The rerun forward's 3 hops each rotate k, v, their positions and their segment ids.
+    assert permutes[0] - permutes[1] == layers * 3 * 4 and permutes[1] == permutes[2]
+    assert "S(5)" in offload_text

@@ -10,7 +10,7 @@ import pytest
 
 from lcm import config as config_lib
 from lcm import model as model_lib
-from lcm.model import layers
+from lcm.model import layers, transformer
 
 
 def _config(**model):
@@ -162,3 +162,20 @@ def test_pallas_model_matches_blockwise():
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize("policy", sorted(set(transformer.REMAT_POLICIES) - {"none"}))
+def test_remat_policies_keep_the_gradients(policy):
+    """Remat changes what the backward pass recomputes, never the numbers (blockwise: the flash
+    residuals carry the names ``save_attention`` and ``offload_attention`` keep)."""
+
+    def grads(remat_policy):
+        model, params, tokens, positions = _init(
+            _config(remat_policy=remat_policy, attention__impl="blockwise")
+        )
+        loss = lambda p: jnp.sum(model.apply({"params": p}, tokens, positions) ** 2)  # noqa: E731
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    (want_loss, want), (got_loss, got) = grads("none"), grads(policy)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
