@@ -12,6 +12,7 @@ when it fits with at least 10% headroom.
 
     .venv/bin/python experiments/pod_scale.py            # the grid below, ~1 h on 2 cores
     .venv/bin/python experiments/pod_scale.py --from-results   # re-render md + png from json
+    .venv/bin/python experiments/pod_scale.py --merge --slices v5p-512   # add or redo cells
 
 Writes ``experiments/results/pod_scale.{json,md,png}``. Slice names count chips, as the
 issues do: 64 chips is topology 4x4x4 (Google's accelerator type v5p-128, which counts
@@ -96,6 +97,14 @@ def run_cell(model: str, slice_name: str, seq_len: int, tokens: int, log) -> dic
         batch //= 2
 
 
+def merged(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` with ``new``'s cells added or replacing the same (model, slice, L), in grid order."""
+    key = lambda c: (c["model"], c["slice"], c["seq_len"])  # noqa: E731
+    cells = {key(c): c for c in old} | {key(c): c for c in new}
+    order = lambda k: (list(MODELS).index(k[0]), list(SLICES).index(k[1]), k[2])  # noqa: E731
+    return [cells[k] for k in sorted(cells, key=order)]
+
+
 def _present(cells: list[dict], key: str, names) -> list[str]:
     return [n for n in names if any(c[key] == n for c in cells)]
 
@@ -175,6 +184,7 @@ def main(argv) -> None:
     parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
     parser.add_argument("--tokens", type=int, default=4 * K * K, help="global tokens per step")
     parser.add_argument("--from-results", action="store_true")
+    parser.add_argument("--merge", action="store_true", help="add to the committed cells")
     args = parser.parse_args(argv[1:])
     out = RESULTS / "pod_scale.json"
     if args.from_results:
@@ -190,6 +200,10 @@ def main(argv) -> None:
                 if not cell["trains"]:
                     break  # longer sequences need even more memory per chip
     data = {"cells": cells, "provenance": prov.markdown()}
+    if args.merge:
+        old = json.loads(out.read_text())
+        provenance = f"{old['provenance']}\n\nMerged in:\n\n{data['provenance']}"
+        data = {"cells": merged(old["cells"], cells), "provenance": provenance}
     out.write_text(json.dumps(data, indent=1) + "\n")
     render(data)
 
