@@ -60,7 +60,7 @@ def cell_config(model: str, seq_len: int, batch: int, chips: int):
     return config
 
 
-def run_cell(model: str, slice_name: str, seq_len: int, tokens: int, log) -> dict:
+def run_cell(model: str, slice_name: str, seq_len: int, tokens: int, log, commit="") -> dict:
     topology, chips = SLICES[slice_name]
     batch = max(1, min(chips, tokens // seq_len))
     tried = []
@@ -70,7 +70,7 @@ def run_cell(model: str, slice_name: str, seq_len: int, tokens: int, log) -> dic
         record = {"model": model, "slice": slice_name, "topology": topology, "seq_len": seq_len,
                   "batch": batch, "mesh": list(config.mesh.shape),
                   "attention": config.model.attention.impl,
-                  "remat": config.model.remat_policy}  # fmt: skip
+                  "remat": config.model.remat_policy, "commit": commit}  # fmt: skip
         try:
             report = aot.compile_config(config, topology, eval_step=False)
         except aot.DoesNotFit as e:
@@ -110,13 +110,13 @@ def _present(cells: list[dict], key: str, names) -> list[str]:
 
 
 def headline(cells: list[dict]) -> list[list]:
-    rows, longest_tried = [], max(c["seq_len"] for c in cells)
+    rows = []
     for model in _present(cells, "model", MODELS):
         for slice_name in _present(cells, "slice", SLICES):
             ok = [c for c in cells if c["model"] == model and c["slice"] == slice_name]
             best = max((c for c in ok if c["trains"]), key=lambda c: c["seq_len"], default=None)
             text = "none" if best is None else f"{best['seq_len']:,}"
-            if best is not None and best["seq_len"] == longest_tried:
+            if best is not None and best["seq_len"] == max(c["seq_len"] for c in ok):
                 text = f">= {text} (the longest tried)"
             rows.append([model, slice_name, text])
     return rows
@@ -130,6 +130,7 @@ def render(data: dict) -> None:
         rows.append([
             c["model"], c["slice"], f"{c['seq_len']:,}", c["batch"],
             "x".join(map(str, c["mesh"])), f"{c['attention']}, remat {c['remat']}",
+            c.get("commit", "")[:7],
             f"{c['hbm_gib']:.1f}" if "hbm_gib" in c else "over (XLA)",
             ("yes" if c["trains"] else "fits, <10% free" if c["fits"] else "no"),
             f"{c['model_tflop_per_step']:,.0f}" if "model_tflop_per_step" in c else "",
@@ -146,7 +147,7 @@ def render(data: dict) -> None:
         "## Every cell (the plan that fit, or the last one tried)",
         markdown_table(
             ["model", "slice", "L", "B", "mesh (data x fsdp x context x tensor)", "attention",
-             "HBM/chip GiB", "trains", "model TFLOP/step", "floor s/step",
+             "commit", "HBM/chip GiB", "trains", "model TFLOP/step", "floor s/step",
              "collectives GiB/step"], rows),
         "## Provenance",
         data["provenance"],
@@ -191,21 +192,25 @@ def main(argv) -> None:
         render(json.loads(out.read_text()))
         return
     prov = Provenance(argv)
+    old = json.loads(out.read_text()) if args.merge else {"cells": [], "provenance": ""}
+
+    def save(cells, provenance):  # after every cell, so an interrupted run keeps what it did
+        if args.merge:
+            provenance = f"{old['provenance']}\n\nMerged in:\n\n{provenance}"
+        data = {"cells": merged(old["cells"], cells), "provenance": provenance}
+        out.write_text(json.dumps(data, indent=1) + "\n")
+        return data
+
     cells = []
     for model in args.models.split(","):
         for slice_name in args.slices.split(","):
             for seq_len in map(int, args.lengths.split(",")):
-                cell = run_cell(model, slice_name, seq_len, args.tokens, log=print)
+                cell = run_cell(model, slice_name, seq_len, args.tokens, print, prov.commit)
                 cells.append(cell)
+                save(cells, f"- Interrupted run: `{' '.join(argv)}`, {len(cells)} cells so far")
                 if not cell["trains"]:
                     break  # longer sequences need even more memory per chip
-    data = {"cells": cells, "provenance": prov.markdown()}
-    if args.merge:
-        old = json.loads(out.read_text())
-        provenance = f"{old['provenance']}\n\nMerged in:\n\n{data['provenance']}"
-        data = {"cells": merged(old["cells"], cells), "provenance": provenance}
-    out.write_text(json.dumps(data, indent=1) + "\n")
-    render(data)
+    render(save(cells, prov.markdown()))
 
 
 if __name__ == "__main__":
