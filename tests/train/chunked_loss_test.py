@@ -11,7 +11,10 @@ import pytest
 
 from lcm import config as config_lib
 from lcm import model as model_lib
+from lcm.compile import hlo
 from lcm.model import head
+from lcm.parallel import mesh as mesh_lib
+from lcm.parallel import sharding
 from lcm.train import step as step_lib
 
 
@@ -87,6 +90,66 @@ def test_chunked_equals_dense_values_and_gradients(t, chunk, spec, z_loss):
     _assert_close((got, got_aux), (want, want_aux))
     _assert_close(got_grads, want_grads)
     assert float(got_aux[2]) == float(np.sum(mask))
+
+
+def _mesh(shape, kind="auto"):
+    axes = ("data", "fsdp", "context", "tensor")
+    return mesh_lib.make_mesh({"axes": axes, "shape": shape, "axis_types": kind}, jax.devices()[:8])
+
+
+def _sharded_loss(chunk, spec, z_loss, mesh):
+    """``_loss`` jitted under ``mesh``: tokens over batch and length, the table as the rules say."""
+    fn = _loss(chunk, spec, z_loss)
+
+    def run(params, x, targets, mask):
+        with sharding.use_mesh(mesh):
+            x, targets, mask = (
+                jax.device_put(a, sharding.named_sharding(mesh, n))
+                for a, n in ((x, ("batch", "length", None)), (targets, ("batch", "length")),
+                             (mask, ("batch", "length")))
+            )  # fmt: skip
+            return fn(params, x, targets, mask), fn.lower(params, x, targets, mask)
+
+    return run
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 2, 2, 2), (2, 1, 4, 1), (1, 1, 1, 8)],
+    ids=["fsdp_context_tensor", "data_context", "vocab_over_8"],
+)
+@pytest.mark.parametrize("spec", [_Head(), _Head(tie_embeddings=False, logit_scale=1.5)],
+                         ids=["tied_scaled", "untied_logit_scale"])  # fmt: skip
+def test_chunked_loss_per_chip_equals_dense(devices8, shape, spec):
+    """On a mesh the chunked loss runs per chip (vocabulary-parallel over ``tensor``); a ragged
+    chunk on each chip, z-loss on, against the full logits on one device."""
+    rng = np.random.default_rng(7)
+    vocab, t = 40, 24  # 40 = 8 x 5: every tensor size here splits the vocabulary
+    params = _head_params(rng, spec, vocab)
+    x, targets, mask = _inputs(rng, 2, t, spec.d_model, vocab, padding=True)
+    (want, want_aux), want_grads = _loss(None, spec, 1e-2)(params, x, targets, mask)
+    ((got, got_aux), got_grads), _ = _sharded_loss(5, spec, 1e-2, _mesh(shape))(
+        params, x, targets, mask
+    )
+    _assert_close((got, got_aux), (want, want_aux))
+    _assert_close(got_grads, want_grads)
+
+
+def test_table_gradient_is_summed_over_chips_once_not_per_chunk(devices8):
+    """The compiled gradient's all-reduces do not grow with the number of chunks per chip."""
+    rng = np.random.default_rng(0)
+    spec, vocab = _Head(), 64
+    params = _head_params(rng, spec, vocab)
+    x, targets, mask = _inputs(rng, 2, 64, spec.d_model, vocab, padding=False)
+    mesh = _mesh((1, 2, 4, 1))
+
+    def all_reduce(chunk):
+        _, lowered = _sharded_loss(chunk, spec, 0.0, mesh)(params, x, targets, mask)
+        return hlo.summarize(lowered.compile().as_text()).collectives["all-reduce"]
+
+    few, many = all_reduce(8), all_reduce(2)  # 2 vs 8 chunks of the 16 positions per chip
+    assert few.executed == many.executed and few.bytes == many.bytes
+    assert few.bytes < 2 * vocab * spec.d_model * 4 + 1024  # about one table gradient
 
 
 def _tiny_model(**overrides):
