@@ -67,7 +67,10 @@ def _compile(jitted, *args, what: str, chip):
         compiled = jitted.lower(*args).compile()
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" in str(e) or "Ran out of memory" in str(e):
-            raise DoesNotFit(f"the {what} does not fit in a {chip.name} chip's HBM: {e}") from None
+            # Mosaic refuses a kernel whose tiles overflow the core's VMEM with the same status.
+            memory = "VMEM (a kernel's tiles)" if "VmemOom" in str(e) else "HBM"
+            message = f"the {what} does not fit in a {chip.name} chip's {memory}: {e}"
+            raise DoesNotFit(message) from None
         raise
     return compiled, time.perf_counter() - start
 
