@@ -40,11 +40,8 @@ class ShiftedChunkedCausal(masks_lib.Mask):
     def visible(self, q, k):
         return self._chunked().visible(q + self.shift, k + self.shift)
 
-    def none_visible(self, q_lo, q_hi, k_lo, k_hi):
-        return self._chunked().none_visible(*(x + self.shift for x in (q_lo, q_hi, k_lo, k_hi)))
-
-    def all_visible(self, q_lo, q_hi, k_lo, k_hi):
-        return self._chunked().all_visible(*(x + self.shift for x in (q_lo, q_hi, k_lo, k_hi)))
+    def box(self, q_lo, q_hi, k_lo, k_hi):
+        return self._chunked().box(*(x + self.shift for x in (q_lo, q_hi, k_lo, k_hi)))
 
 
 def head_masks(mask: masks_lib.Mask, group_size: int) -> tuple[masks_lib.Mask, masks_lib.Mask]:
