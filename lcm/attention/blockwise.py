@@ -173,7 +173,7 @@ def _dot_logits(q, k, q_pos, k_pos, *, scale):
     b, tq, n, h = q.shape
     kh = k.shape[2]
     s = jnp.einsum(
-        "bqkgh,bskh->bkgqs", q.reshape(b, tq, kh, n // kh, h), k, preferred_element_type=_F32
+        "BTKGH,BSKH->BKGTS", q.reshape(b, tq, kh, n // kh, h), k, preferred_element_type=_F32
     )
     return (s * scale).reshape(b, n, tq, k.shape[1])
 
@@ -233,7 +233,7 @@ def _forward(st: _Static, q, k, v, q_pos, k_pos, q_seg, kv_seg, visits):
             p = jnp.exp(s - m_fin[..., None])
             corr = jnp.exp(m - m_fin)
             pv = jnp.einsum(
-                "bkgqs,bskh->bkgqh", p.astype(v.dtype), vb[j], preferred_element_type=_F32
+                "BKGTS,BSKH->BKGTH", p.astype(v.dtype), vb[j], preferred_element_type=_F32
             )
             return o * corr[..., None] + pv, m_new, l * corr + p.sum(-1)
 
@@ -281,7 +281,7 @@ def _flash_bwd(st: _Static, res: tuple[Any, ...], cts):
 def _delta(out, d_out, d_lse):
     """Flash backward's row term ``rowsum(d_out * out)``, minus the lse cotangent (``d lse_i /
     d s_ij = p_ij``, so an lse cotangent shifts it): ``[B, T, N] float32``."""
-    return jnp.einsum("btnh,btnh->btn", d_out.astype(_F32), out.astype(_F32)) - d_lse
+    return jnp.einsum("BTNH,BTNH->BTN", d_out.astype(_F32), out.astype(_F32)) - d_lse
 
 
 def _backward(st: _Static, q, k, v, q_pos, k_pos, q_seg, kv_seg, visits, lse, delta, d_out):
@@ -313,9 +313,9 @@ def _backward(st: _Static, q, k, v, q_pos, k_pos, q_seg, kv_seg, visits, lse, de
                 s = _apply_mask(st, s, qp_i, qs_i, kpb[j], ksb[j])
             p = jnp.exp(s - lse_i[..., None])  # [B, K, G, Cq, Ck]
             dv_j = jnp.einsum(
-                "bkgqs,bqkgh->bskh", p.astype(do_i.dtype), do_g, preferred_element_type=_F32
+                "BKGTS,BTKGH->BSKH", p.astype(do_i.dtype), do_g, preferred_element_type=_F32
             )
-            dp = jnp.einsum("bqkgh,bskh->bkgqs", do_g, v_j, preferred_element_type=_F32)
+            dp = jnp.einsum("BTKGH,BSKH->BKGTS", do_g, v_j, preferred_element_type=_F32)
             dq_j, dk_j = pullback(p * (dp - delta_i[..., None]))
             dk = lax.dynamic_update_index_in_dim(dk, dk[j] + dk_j, j, 0)
             dv = lax.dynamic_update_index_in_dim(dv, dv[j] + dv_j, j, 0)

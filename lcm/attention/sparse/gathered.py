@@ -115,7 +115,8 @@ def slot_attention(q, k, v, ids, valid, *, block, q_pos, k_pos, q_seg, kv_seg, s
         cb, ckh, cblk = cg // (kh * nb), (cg // nb) % kh, cg % nb
         kblk, vblk = kb[cb, cblk, :, ckh], vb[cb, cblk, :, ckh]  # [step_chunks, block, H]
         kp, ks = kpb[cb, cblk], ksb[cb, cblk]  # [step_chunks, block]
-        s = jnp.einsum("xch,xjh->xcj", qc.astype(_F32), kblk.astype(_F32)) * scale
+        # R = step_chunks chunks, C = chunk query rows each, S = block keys of the chunk's block.
+        s = jnp.einsum("RCH,RSH->RCS", qc.astype(_F32), kblk.astype(_F32)) * scale
         visible = real[..., None] & (kp[:, None, :] <= qp[..., None])
         visible = visible & (ks[:, None, :] == qs[..., None]) & (qs != 0)[..., None]
         s = jnp.where(visible, s, -jnp.inf)
@@ -125,7 +126,7 @@ def slot_attention(q, k, v, ids, valid, *, block, q_pos, k_pos, q_seg, kv_seg, s
         total = p.sum(-1)
         seen = total > 0
         safe = jnp.where(seen, total, 1.0)
-        out = jnp.einsum("xcj,xjh->xch", p, vblk.astype(_F32)) / safe[..., None]
+        out = jnp.einsum("RCS,RSH->RCH", p, vblk.astype(_F32)) / safe[..., None]
         return None, (out, jnp.where(seen, mx + jnp.log(safe), -jnp.inf))
 
     xs = (chunk_pair, chunk_group, q_chunks, qp_chunks, qs_chunks)

@@ -71,8 +71,9 @@ def _select_tile(q, index, means, block_size, top_k):
     """
     b, c, n, _ = q.shape
     nb, kh = means.shape[1], means.shape[2]
+    # C queries of the tile, J = nb key blocks.
     gate = jnp.einsum(
-        "bckgh,bjkh->bckgj",
+        "BCKGH,BJKH->BCKGJ",
         q.astype(_F32).reshape(b, c, kh, n // kh, -1),
         means,
         precision=_HIGHEST,
@@ -181,11 +182,12 @@ def moba_reference(
     nb = -(-s // block_size)
     key_block = jnp.arange(s) // block_size  # [S]
     onehot = (key_block[None, :] == jnp.arange(nb)[:, None]) & (kv_seg[:, None, :] != 0)
-    means = jnp.einsum("bjs,bskh->bjkh", onehot.astype(_F32), k, precision=_HIGHEST)
+    # J = nb key blocks: onehot [B, J, S] sums each block's keys.
+    means = jnp.einsum("BJS,BSKH->BJKH", onehot.astype(_F32), k, precision=_HIGHEST)
     means = means / jnp.maximum(onehot.sum(-1), 1)[..., None, None]
     kr = jnp.repeat(k, g, axis=2)
     vr = jnp.repeat(v, g, axis=2)
-    gate = jnp.einsum("btnh,bjnh->bntj", q, jnp.repeat(means, g, axis=2), precision=_HIGHEST)
+    gate = jnp.einsum("BTNH,BJNH->BNTJ", q, jnp.repeat(means, g, axis=2), precision=_HIGHEST)
     q_block = (index // block_size)[:, None, :, None]  # [B, 1, T, 1]
     j = jnp.arange(nb)
     gate = jnp.where(j > q_block, -jnp.inf, gate)
@@ -201,13 +203,13 @@ def moba_reference(
         & (q_seg[:, None, :, None] == kv_seg[:, None, None, :])
         & (q_seg[:, None, :, None] != 0)
     )
-    logits = jnp.einsum("btnh,bsnh->bnts", q, kr, precision=_HIGHEST) * scale
+    logits = jnp.einsum("BTNH,BSNH->BNTS", q, kr, precision=_HIGHEST) * scale
     logits = jnp.where(visible, logits, -jnp.inf)
     m = lax.stop_gradient(logits.max(-1, keepdims=True))
     p = jnp.exp(logits - jnp.where(jnp.isfinite(m), m, 0.0))
     total = p.sum(-1, keepdims=True)
     p = p / jnp.where(total > 0, total, 1.0)
-    return jnp.einsum("bnts,bsnh->btnh", p, vr, precision=_HIGHEST).astype(dtype)
+    return jnp.einsum("BNTS,BSNH->BTNH", p, vr, precision=_HIGHEST).astype(dtype)
 
 
 @core.register(
