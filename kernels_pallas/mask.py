@@ -1,21 +1,11 @@
-"""A tiny positional mask description shared by the kernels and their host-side helpers.
+"""Positional masks and the tile-kind vocabulary, shared by the kernels, their host-side helpers
+and ``lcm.attention.masks``.
 
-A mask is evaluated on token *positions*, never on array indices, so ring shards, packed
-documents and load-balanced token orders need no special cases (the same idea as splash
-attention's ``q_sequence``; Brandon et al. 2023, arXiv 2311.09431, for striped layouts).
-
-Key ``k`` is visible from query ``q`` (positions ``qp``, ``kp``) when::
-
-    causal_ok & ((window_ok & chunk_ok) | kp < sink)
-
-with ``causal_ok = kp <= qp`` (if ``causal``), ``window_ok = -window_right <= qp - kp <=
-window_left`` (each side only if set), ``chunk_ok = qp // chunk == kp // chunk`` (if ``chunk``).
-Sink keys (StreamingLLM, Xiao et al. 2023, arXiv 2309.17453) stay visible outside the window but
-still obey causality. Segment ids are separate: kernels AND them in.
-
-Every method works on numpy arrays, jax arrays and scalars alike (only operators are used), so
-one definition serves the host-side block-list builders, the kernels' in-tile masks and the
-in-kernel tile classification.
+Masks read token *positions*, never array indices (as splash attention's ``q_sequence``;
+Brandon et al. 2023, arXiv 2311.09431, for striped layouts). Visible: ``causal_ok & ((window_ok &
+chunk_ok) | kp < sink)`` (sinks: StreamingLLM, Xiao et al. 2023, arXiv 2309.17453). Tiles are
+``EMPTY`` / ``PARTIAL`` / ``FULL`` from position bounds through the ``*_box`` primitives. Works on
+numpy, jax arrays and scalars alike. See docs/attention.md#kernel-masks.
 """
 
 from __future__ import annotations

@@ -2,37 +2,9 @@
 
 Online softmax over (query block, key block) tiles (Milakov & Gimelshein 2018, arXiv
 1805.02867; FlashAttention, Dao et al. 2022, arXiv 2205.14135; FlashAttention-2, Dao 2023,
-arXiv 2307.08691). The forward keeps a running max, sum and output per query block and saves
-only the log-sum-exp; the ``jax.custom_vjp`` backward recomputes each tile's probabilities from
-it. Activation memory is O(T * N * H) plus O(T/Cq * S/Ck) integers of tile lists, never O(T * S).
-
-**Which tiles run.** Positions (and segment ids) are usually traced values under ``jit``, so the
-tile classes cannot be known on the host. They are computed on device instead, from per-block
-position and segment ranges (``tiles.py``): a cheap O(T + nq * nk) step. From them each query
-block gets two lists of key blocks, those full for every batch element and the other non-empty
-ones, and the inner loops are ``lax.fori_loop`` over exactly those lists, with trip counts read
-from device arrays (XLA ``while`` loops). An empty tile is never visited, so it costs no FLOPs;
-a full tile is computed without evaluating the mask. Data-dependent trip counts rule out
-reverse-mode autodiff of the loops, which is why the backward is written by hand (it was needed
-anyway to recompute instead of storing tiles). Query blocks run one after another
-(``lax.scan``); their work differs (causal: block i visits i + 1 key blocks), so vectorising
-across them would pad every block to the longest list and spend the FLOPs we meant to save.
-
-**Backward.** Same iteration order (query block outer, key blocks inner). Per tile: recompute
-the logits under ``jax.vjp`` of the logits function (the positional ``logits_fn`` hook or plain
-``scale * q.k``), ``p = exp(s - lse)``, ``dv += p^T do``, ``dp = do v^T``, ``ds = p * (dp -
-delta)`` with ``delta = rowsum(do * o) - dlse`` (the ``dlse`` term makes the returned lse
-differentiable too), then the vjp gives the tile's ``dq`` and ``dk``. dq accumulates in the
-loop carry, dk and dv in float32 buffers updated in place.
-
-Differentiation is first-order reverse mode (``jax.grad``, ``jax.vjp``), which is what training
-needs; ``jax.jvp`` and gradients of gradients are not available through the ``custom_vjp``
-(use ``reference`` or ``xla`` for those).
-
-Rows that see no key have ``l = 0``: their output is 0 and their lse ``-inf``, and every
-exponent uses a finite stand-in for ``-inf`` maxima, so no NaN reaches outputs or gradients.
-Lengths that are not multiples of the block size are padded with segment id 0 (padding), which
-the tile classes and masks already exclude.
+arXiv 2307.08691), visiting only the non-empty tiles of ``tiles.visit_lists`` (full ones without
+the mask). The ``jax.custom_vjp`` backward recomputes tiles from the saved log-sum-exp; it is
+first-order reverse mode only. See docs/attention.md#blockwise.
 """
 
 from __future__ import annotations

@@ -1,40 +1,11 @@
 """Declarative attention masks: functions of token positions, never dense arrays.
 
-A mask answers "may the query at position ``q`` see the key at position ``k``?". Because it reads
-positions rather than array indices, the same mask object stays correct for packed documents,
-load-balanced (permuted) token orders, ring shards and decoding against a cache: the caller passes
-the true positions and nothing else changes.
-
-Every mask offers two views:
-
-1. ``mask.dense(q_pos, k_pos)``: the boolean matrix ``[..., T, S]`` (reference path, tests).
-2. ``mask.classify(q_lo, q_hi, k_lo, k_hi)``: for a (query block, key block) tile summarised
-   only by the smallest and largest position in each block, one of ``EMPTY`` (no pair
-   visible), ``PARTIAL`` or ``FULL`` (every pair visible). It never builds the dense matrix, so
-   it works at T = 1M; splash attention's block classification (``splash_attention_mask_info``
-   in jax) is the model for this.
-
-Classification is about the whole box ``[q_lo, q_hi] x [k_lo, k_hi]``, which contains every pair
-of the tile. ``FULL`` on the box implies every real pair is visible and ``EMPTY`` on the box
-implies no real pair is, so the answer is always safe to act on (skip an empty tile, drop the
-mask of a full one). When the positions inside a block are contiguous the box is exactly the set
-of pairs and atomic masks classify exactly. When they are not (permuted or striped layouts,
-packed documents with gaps) the box is a superset: a tile may be reported ``PARTIAL`` although
-it is really empty or full. That costs work (the tile is computed with the mask applied), never
-correctness. ``&`` and ``|`` combine the two conservative facts ("all visible", "none visible"),
-so combinations are conservative as well, though not always exact (an ``&`` of two partial
-masks can be empty).
-
-Document masking comes from segment ids and is applied by the attention implementations on top
-of the mask: a query sees a key only when both carry the same segment id, and id 0 marks padding,
-which never attends and is never attended (its output rows are zeros). Write
-``Causal()`` for packed causal training; segment ids keep the documents apart.
-
-Conventions: ``SlidingWindow(left, right)`` sees ``q - left <= k <= q + right`` (``left + right
-+ 1`` keys), as splash's ``LocalMask`` and ``jax.nn.dot_product_attention(local_window_size=)``
-do. ``Sink(n)`` sees keys at positions ``< n`` from every query; combine it as
-``(SlidingWindow(w) | Sink(4)) & Causal()`` for StreamingLLM-style attention (Xiao et al. 2023,
-arXiv 2309.17453).
+A mask answers "may the query at position ``q`` see the key at position ``k``?" in two views:
+``dense(q_pos, k_pos)``, a boolean ``[..., T, S]`` (reference path, tests), and ``classify(q_lo,
+q_hi, k_lo, k_hi)``, a conservative ``EMPTY`` / ``PARTIAL`` / ``FULL`` per tile from block position
+bounds, built on the tile kinds and box primitives of ``kernels_pallas.mask``. Segment ids
+(0 = padding) are applied on top by the implementations. ``Sink`` is StreamingLLM's (Xiao et al.
+2023, arXiv 2309.17453). See docs/attention.md#masks.
 """
 
 from __future__ import annotations

@@ -1,21 +1,9 @@
 """Attention over per-token selected key blocks, regrouped by block, in plain JAX.
 
-MoBA (Lu et al. 2025, arXiv 2502.13189), NSA's selection branch (Yuan et al. 2025, arXiv
-2502.11089) and HSA (Hu et al. 2025, arXiv 2504.16795) all pick key blocks PER QUERY TOKEN. A
-(query tile, key block) visit list would have to hold the union of the picks of every token and
-head in the tile, which for top-3 of 64 blocks is nearly every block, so these methods gather
-instead: each query token reads its own ``M`` selected blocks ("slots"), with one softmax per
-slot, and ``slot_attention`` regroups the (query, slot) pairs by the block they read so that the
-work is dense matrix products. Callers merge the slots exactly by their log-sum-exps (one softmax
-over the union: MoBA, NSA) or mix them with weights (HSA).
-
-Work is O(T * N * M * block * H) and memory O(T * N * M * H), never O(T * S): chunks run under
-``lax.scan`` with ``jax.checkpoint``, so the backward recomputes logits instead of storing them.
-Selections (which need the query's scores against every block) run over query tiles with
-``scan_query_tiles``.
-
-Inside a gathered block a key is visible when it is not after the query (``k_pos <= q_pos``),
-has the query's segment id, and neither is padding (segment id 0). Every method here is causal.
+For MoBA (Lu et al. 2025, arXiv 2502.13189), NSA's selection (Yuan et al. 2025, arXiv
+2502.11089) and HSA (Hu et al. 2025, arXiv 2504.16795): each query reads its ``M`` selected
+blocks ("slots", one softmax each), and ``slot_attention`` regroups (query, slot) pairs by block
+into dense products. Causal. See docs/attention.md#gathered-slots.
 """
 
 from __future__ import annotations

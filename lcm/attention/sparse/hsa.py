@@ -1,21 +1,9 @@
 """HSA, hierarchical sparse attention (Hu et al. 2025, RAMba, arXiv 2504.16795; HSA-UltraLong,
 arXiv 2511.23319).
 
-Keys are cut into fixed chunks of ``chunk_size`` tokens, each summarised by a landmark. Every
-query token scores the chunks that lie entirely before its own chunk, ``s_j = q . lmk_j /
-sqrt(H)``, keeps its ``top_k`` chunks, attends inside each chosen chunk with a SEPARATE softmax,
-and mixes the per-chunk outputs with retrieval weights, ``o = sum_i w_i o_i``, so the retrieval
-scores enter the forward pass and get gradients (unlike MoBA and NSA, whose selection is a hard
-mask). Weights (``RamstorageAI/long-context-modeling``, ``model/hsa_layers.py``):
-
-* ``softmax``: ``w = softmax(s)`` over the selected scores;
-* ``stick_breaking``: ``w_i = exp(s_i - sum_{j <= i} softplus(s_j))`` in decreasing score order.
-
-Here the landmark is the chunk's mean key and the retrieval query is the attention query itself
-(the paper learns a chunk encoder and a separate retrieval projection; both would only change
-the inputs of this function). A token in the first chunk has no complete earlier chunk and gets
-output 0, so HSA is meant to be paired with a local branch (the papers use sliding-window
-attention or Mamba layers). Chunks are index chunks of the row (self-attention, ``T == S``).
+Each query scores the complete earlier chunks by their landmarks (mean keys), attends inside each
+of its ``top_k`` chunks with a separate softmax and mixes the outputs by retrieval weights
+(``softmax`` or ``stick_breaking``), so retrieval scores get gradients. See docs/attention.md#hsa.
 """
 
 from __future__ import annotations

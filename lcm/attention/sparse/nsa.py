@@ -1,32 +1,9 @@
 """NSA, Native Sparse Attention (Yuan et al. 2025, arXiv 2502.11089).
 
-Three branches per query, mixed by per-head sigmoid gates computed from the layer input:
-``o = g_cmp * o_cmp + g_slc * o_slc + g_win * o_win``.
-
-1. Compression: key/value blocks of ``l = cmp_block`` tokens with stride ``d = cmp_stride`` are
-   each mapped to one compressed key/value by a learned map ``phi`` (here ``phi(x) = sum_j x_j
-   W_j``, a linear layer over the flattened block whose per-offset weights ``W_j`` play the role
-   of the paper's intra-block position encoding; the paper uses an MLP). A query attends to the
-   compressed tokens whose block has ended.
-2. Selection: each selection block (``l' = slc_block`` tokens) is scored by the compression
-   attention probabilities of the compressed blocks overlapping it, summed over the query heads
-   of a GQA group (so the group shares its blocks); the top ``n = slc_top_n`` blocks are kept,
-   always including the first block and the ``local_blocks`` most recent ones (the own block,
-   causally), and attended with full attention (one softmax over their union).
-3. Sliding window of ``window`` keys (``blockwise`` with a static mask).
-
-``kernel="pallas"`` runs branches 2 and 3 on the Pallas kernels (``kernel_slots`` for the
-selected blocks, which needs ``slc_block`` a multiple of 128 unless one block covers the keys;
-the ``pallas`` adapter's block lists for the window); compression stays plain JAX.
-
-Defaults are the paper's (l = 32, d = 16, l' = 64, n = 16, w = 512, one initial and two local
-blocks; ``XunhaoLai/native-sparse-attention-triton`` uses the same). Selection indices carry no
-gradient; compression and window branches and the gates are trained through the output. Blocks
-are index blocks of the row (self-attention, ``T == S``); positions give causality inside
-them and must increase along each document.
-
-``nsa_attention`` is the math as a pure function of a parameter dict; ``NSA`` is the linen
-module holding the parameters, used by the model when ``config.model.attention.impl = "nsa"``.
+Three branches per query, mixed by per-head sigmoid gates: compressed blocks (a learned linear
+``phi``), selected blocks (scored by the compression probabilities) and a sliding window.
+``nsa_attention`` is the math on a parameter dict; ``NSA`` is the linen module the model uses for
+``impl = "nsa"``. See docs/attention.md#nsa.
 """
 
 from __future__ import annotations
