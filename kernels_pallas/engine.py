@@ -1,25 +1,9 @@
 """Tile-skipping flash attention kernels (fwd, dq, dkv) shared by ``flash`` and ``block_sparse``.
 
-Online softmax over kv tiles (Milakov & Gimelshein 2018, arXiv 1805.02867; FlashAttention, Dao et
-al. 2022, arXiv 2205.14135) with recomputation in a backward split into a dq kernel (grid over q
-blocks) and a dkv kernel (grid over kv blocks), as in FlashAttention-2 (Dao 2023, arXiv
-2307.08691) and jax's TPU kernels.
-
-Layout is the kernel layout ``q [B,N,T,H]``, ``k, v [B,K,S,H]``; query head ``n`` reads kv head
-``n // G`` (``G = N // K``) straight from the index maps, so repeated K/V never exist. The dkv grid
-is ``(B, K, kv block, G, step)`` and reduces over the G query heads of a group in VMEM.
-
-A ``Schedule`` says which block each grid step visits and whether that tile is EMPTY, PARTIAL or
-FULL (see ``mask.py``); its arrays travel by scalar prefetch (SMEM). Empty tiles run no compute,
-and schedules point their index maps at a block that is already resident so they cost no DMA
-either. Partial tiles evaluate the positional mask on explicit positions inside the tile; segment
-ids (0 = padding) are ANDed in, classified per tile from per-block summaries.
-
-Rows with no visible key produce zero output, zero gradients and ``lse = -inf``.
-
-All three kernels go through ``_pallas_call``, the one place that picks Mosaic or an interpreter
-(``interpret=None``: ``lax.platform_dependent``, decided by the lowering platform) and attaches
-the ``cost_estimate`` XLA schedules with.
+Online softmax (Milakov & Gimelshein 2018, arXiv 1805.02867; FlashAttention, Dao et al. 2022,
+arXiv 2205.14135) with a backward split into dq and dkv kernels, as in FlashAttention-2 (Dao
+2023, arXiv 2307.08691). Kernel layout ``q [B,N,T,H]``, ``k, v [B,K,S,H]``; a ``Schedule`` gives
+each grid step's block and tile kind. See docs/attention.md#kernel-engine.
 """
 
 from __future__ import annotations

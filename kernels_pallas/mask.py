@@ -1,26 +1,17 @@
-"""A tiny positional mask description shared by the kernels and their host-side helpers.
+"""Positional masks and the tile-kind vocabulary, shared by the kernels, their host-side helpers
+and ``lcm.attention.masks``.
 
-A mask is evaluated on token *positions*, never on array indices, so ring shards, packed
-documents and load-balanced token orders need no special cases (the same idea as splash
-attention's ``q_sequence``; Brandon et al. 2023, arXiv 2311.09431, for striped layouts).
-
-Key ``k`` is visible from query ``q`` (positions ``qp``, ``kp``) when::
-
-    causal_ok & ((window_ok & chunk_ok) | kp < sink)
-
-with ``causal_ok = kp <= qp`` (if ``causal``), ``window_ok = -window_right <= qp - kp <=
-window_left`` (each side only if set), ``chunk_ok = qp // chunk == kp // chunk`` (if ``chunk``).
-Sink keys (StreamingLLM, Xiao et al. 2023, arXiv 2309.17453) stay visible outside the window but
-still obey causality. Segment ids are separate: kernels AND them in.
-
-Every method works on numpy arrays, jax arrays and scalars alike (only operators are used), so
-one definition serves the host-side block-list builders, the kernels' in-tile masks and the
-in-kernel tile classification.
+Masks read token *positions*, never array indices (as splash attention's ``q_sequence``;
+Brandon et al. 2023, arXiv 2311.09431, for striped layouts). Visible: ``causal_ok & ((window_ok &
+chunk_ok) | kp < sink)`` (sinks: StreamingLLM, Xiao et al. 2023, arXiv 2309.17453). Tiles are
+``EMPTY`` / ``PARTIAL`` / ``FULL`` from position bounds through the ``*_box`` primitives. Works on
+numpy, jax arrays and scalars alike. See docs/attention.md#kernel-masks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, NamedTuple
 
 import numpy as np
 from jax import lax
@@ -43,6 +34,62 @@ def floor_div(x, d: int):
         return x // d
     quot = lax.div(x, lax.convert_element_type(d, x.dtype))
     return quot - ((quot * d != x) & (x < 0)).astype(x.dtype)
+
+
+class BoxVisibility(NamedTuple):
+    """Two facts about a box ``[q_lo, q_hi] x [k_lo, k_hi]`` of (query, key) positions.
+
+    ``none``: no pair of the box is visible; ``every``: every pair is. Both are conservative
+    (False when unsure) and, on a box holding at least one pair, never both True.
+    """
+
+    none: Any
+    every: Any
+
+
+def causal_box(q_lo, q_hi, k_lo, k_hi) -> BoxVisibility:
+    """``k <= q``."""
+    return BoxVisibility(k_lo > q_hi, k_hi <= q_lo)
+
+
+def window_left_box(q_lo, q_hi, k_lo, k_hi, left: int) -> BoxVisibility:
+    """``q - k <= left`` (keys at most ``left`` positions before the query)."""
+    # The keys some query of [q_lo, q_hi] sees start at q_lo - left.
+    return BoxVisibility(k_hi < q_lo - left, k_lo >= q_hi - left)
+
+
+def window_right_box(q_lo, q_hi, k_lo, k_hi, right: int) -> BoxVisibility:
+    """``k - q <= right`` (keys at most ``right`` positions after the query)."""
+    return BoxVisibility(k_lo > q_hi + right, k_hi <= q_lo + right)
+
+
+def chunk_box(q_lo, q_hi, k_lo, k_hi, size: int) -> BoxVisibility:
+    """``q // size == k // size`` (same chunk)."""
+    qc_lo, qc_hi, kc_lo, kc_hi = (floor_div(x, size) for x in (q_lo, q_hi, k_lo, k_hi))
+    # The box's chunk ids are ranges: disjoint ranges share no chunk.
+    none = (qc_hi < kc_lo) | (kc_hi < qc_lo)
+    every = (qc_lo == qc_hi) & (kc_lo == kc_hi) & (qc_lo == kc_lo)
+    return BoxVisibility(none, every)
+
+
+def sink_box(k_lo, k_hi, n: int) -> BoxVisibility:
+    """``k < n`` (attention sinks); independent of the query."""
+    return BoxVisibility(k_lo >= n, k_hi < n)
+
+
+def box_and(a: BoxVisibility, b: BoxVisibility) -> BoxVisibility:
+    """Visible where both conditions hold."""
+    return BoxVisibility(a.none | b.none, a.every & b.every)
+
+
+def box_or(a: BoxVisibility, b: BoxVisibility) -> BoxVisibility:
+    """Visible where either condition holds."""
+    return BoxVisibility(a.none & b.none, a.every | b.every)
+
+
+def box_kind(seen: BoxVisibility):
+    """``EMPTY`` / ``PARTIAL`` / ``FULL`` (elementwise int) from a box's two facts."""
+    return (1 - seen.none) * (1 + seen.every)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,33 +154,19 @@ class PositionalMask:
         that evaluates the exact mask in partial tiles is always correct. It is exact for
         contiguous positions and causal / window / sink masks.
         """
-        # Each term is (empty, full) for one elementary condition; d = q - k spans
-        # [q_min - k_max, q_max - k_min].
-        d_lo, d_hi = q_min - k_max, q_max - k_min
-        empty, full = False, True
-        if self._restricts:
-            l_empty, l_full = False, True
-            if self.window_left is not None:
-                l_empty = l_empty | (d_lo > self.window_left)
-                l_full = l_full & (d_hi <= self.window_left)
-            if self.window_right is not None:
-                l_empty = l_empty | (-d_hi > self.window_right)
-                l_full = l_full & (-d_lo <= self.window_right)
-            if self.chunk:
-                c = self.chunk
-                q_lo, q_hi = floor_div(q_min, c), floor_div(q_max, c)
-                k_lo, k_hi = floor_div(k_min, c), floor_div(k_max, c)
-                l_empty = l_empty | (q_hi < k_lo) | (k_hi < q_lo)
-                l_full = l_full & (q_lo == q_hi) & (k_lo == k_hi) & (q_lo == k_lo)
-            if self.sink:
-                # OR with the sink columns: empty only if both are, full if either is.
-                l_empty = l_empty & (k_min >= self.sink)
-                l_full = l_full | (k_max < self.sink)
-            empty, full = l_empty, l_full
+        box = (q_min, q_max, k_min, k_max)
+        seen = BoxVisibility(False, True)  # no condition yet: every pair visible
+        if self.window_left is not None:
+            seen = box_and(seen, window_left_box(*box, self.window_left))
+        if self.window_right is not None:
+            seen = box_and(seen, window_right_box(*box, self.window_right))
+        if self.chunk:
+            seen = box_and(seen, chunk_box(*box, self.chunk))
+        if self.sink and self._restricts:
+            seen = box_or(seen, sink_box(k_min, k_max, self.sink))
         if self.causal:
-            empty = empty | (d_hi < 0)
-            full = full & (d_lo >= 0)
-        return (1 - empty) * (1 + full)
+            seen = box_and(seen, causal_box(*box))
+        return box_kind(seen)
 
 
 def segment_tile_kind(q_lo, q_nz, q_hi, k_lo, k_nz, k_hi):
@@ -142,6 +175,6 @@ def segment_tile_kind(q_lo, q_nz, q_hi, k_lo, k_nz, k_hi):
     Each side gives ``lo`` (min id, 0 when the block holds padding), ``nz`` (min nonzero id) and
     ``hi`` (max id). Id 0 is padding and matches nothing. Conservative like ``tile_kind``.
     """
-    empty = (q_hi == 0) | (k_hi == 0) | (q_hi < k_nz) | (k_hi < q_nz)
-    full = (q_lo == q_hi) & (k_lo == k_hi) & (q_lo == k_lo) & (q_lo != 0)
-    return (1 - empty) * (1 + full)
+    none = (q_hi == 0) | (k_hi == 0) | (q_hi < k_nz) | (k_hi < q_nz)
+    every = (q_lo == q_hi) & (k_lo == k_hi) & (q_lo == k_lo) & (q_lo != 0)
+    return box_kind(BoxVisibility(none, every))

@@ -1,18 +1,9 @@
 """Block lists: which kv blocks each q block visits (and the transpose, for the dkv kernel).
 
-For every (batch, kv head, q block) a list of kv block ids, a kind per entry (``PARTIAL``: the
-kernel evaluates the positional mask inside the tile; ``FULL``: every pair is visible) and a
-count; entries past the count are padding. The transposed lists (for every kv block, the q blocks
-that visit it) drive the dkv kernel. Leading dims are ``[B or 1, K or 1]`` so a static mask
-shared by all sequences and heads costs one copy. This is splash attention's block-sparse
-``MaskInfo`` idea, reduced to explicit id lists so that data-dependent selections (MoBA, Lu et
-al. 2025, arXiv 2502.13189; NSA, Yuan et al. 2025, arXiv 2502.11089) lower to the same kernel as
-static masks (sliding window, chunked, sinks).
-
-Builders: ``block_lists_from_mask`` (host numpy, exact list widths, from a ``PositionalMask`` on
-contiguous positions), ``block_lists_from_ids`` (jax, for selections made on device; widths
-are static upper bounds) and ``block_lists_from_kinds`` (jax, from tile kinds classified on
-device, with caller-given static widths).
+Per (batch, kv head, q block): kv block ids, a ``PARTIAL`` / ``FULL`` kind per entry and a count.
+Splash attention's ``MaskInfo`` reduced to explicit id lists, so data-dependent selections (MoBA,
+Lu et al. 2025, arXiv 2502.13189; NSA, Yuan et al. 2025, arXiv 2502.11089) lower to the same
+kernel as static masks. See docs/attention.md#block-lists.
 """
 
 from __future__ import annotations

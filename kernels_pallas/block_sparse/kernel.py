@@ -1,13 +1,9 @@
 """Block-sparse attention for TPU: every q block visits only the kv blocks in its list.
 
-Public wrapper ``block_sparse_attention`` -> ``custom_vjp`` -> the forward / dq / dkv kernels of
-``kernels_pallas.engine`` driven by list schedules: the lists (``BlockLists``) travel by scalar
-prefetch, the grid's last dimension walks a list, and padding steps past a row's count re-name
-the last listed block (resident, so no DMA) and skip compute. ``PARTIAL`` entries evaluate the
-positional mask on explicit positions inside the tile; ``FULL`` entries are taken as entirely
-visible. Segment ids (0 = padding) are always applied; listed tiles they rule out entirely (by
-per-block id summaries) are not computed, though still fetched: callers that know segments on the
-host can drop such entries from the lists.
+``block_sparse_attention`` -> ``custom_vjp`` -> ``kernels_pallas.engine``'s kernels driven by
+list schedules (``BlockLists`` by scalar prefetch). ``PARTIAL`` entries evaluate the positional
+mask inside the tile, ``FULL`` ones do not; segment ids always apply. See
+docs/attention.md#block-sparse-kernel.
 """
 
 from __future__ import annotations

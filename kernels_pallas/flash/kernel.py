@@ -1,15 +1,9 @@
 """Flash attention (causal or bidirectional) for TPU, on explicit positions.
 
-Public wrapper ``flash_attention`` -> ``custom_vjp`` ``_flash_attention`` -> forward / dq / dkv
-kernels in ``kernels_pallas.engine``. Kernel layout ``[B,N,T,H]`` / ``[B,K,S,H]``.
-
-Causality is decided on *positions* (``q_positions``, ``kv_positions``; ``arange`` when omitted),
-not on array indices, so a ring-attention shard passes its global positions (contiguous, striped
-or zigzag orders all work) and needs no offsets. Tiles are classified from per-block position
-(and segment id) bounds computed on device: empty tiles are skipped in compute, and every q block
-only DMAs kv blocks inside its range of non-empty tiles (steps before it prefetch its first block,
-steps after it keep its last block resident). With monotone positions that range holds exactly
-the non-empty tiles, so no fully masked tile is ever fetched.
+``flash_attention`` -> ``custom_vjp`` ``_flash_attention`` -> the forward / dq / dkv kernels of
+``kernels_pallas.engine``; layout ``[B,N,T,H]`` / ``[B,K,S,H]``. Causality reads positions, so
+ring shards pass global positions; tiles classified on device are skipped in compute and DMA
+when empty. See docs/attention.md#flash-kernel.
 """
 
 from __future__ import annotations

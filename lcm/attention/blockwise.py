@@ -2,37 +2,9 @@
 
 Online softmax over (query block, key block) tiles (Milakov & Gimelshein 2018, arXiv
 1805.02867; FlashAttention, Dao et al. 2022, arXiv 2205.14135; FlashAttention-2, Dao 2023,
-arXiv 2307.08691). The forward keeps a running max, sum and output per query block and saves
-only the log-sum-exp; the ``jax.custom_vjp`` backward recomputes each tile's probabilities from
-it. Activation memory is O(T * N * H) plus O(T/Cq * S/Ck) integers of tile lists, never O(T * S).
-
-**Which tiles run.** Positions (and segment ids) are usually traced values under ``jit``, so the
-tile classes cannot be known on the host. They are computed on device instead, from per-block
-position and segment ranges (``tiles.py``): a cheap O(T + nq * nk) step. From them each query
-block gets two lists of key blocks, those full for every batch element and the other non-empty
-ones, and the inner loops are ``lax.fori_loop`` over exactly those lists, with trip counts read
-from device arrays (XLA ``while`` loops). An empty tile is never visited, so it costs no FLOPs;
-a full tile is computed without evaluating the mask. Data-dependent trip counts rule out
-reverse-mode autodiff of the loops, which is why the backward is written by hand (it was needed
-anyway to recompute instead of storing tiles). Query blocks run one after another
-(``lax.scan``); their work differs (causal: block i visits i + 1 key blocks), so vectorising
-across them would pad every block to the longest list and spend the FLOPs we meant to save.
-
-**Backward.** Same iteration order (query block outer, key blocks inner). Per tile: recompute
-the logits under ``jax.vjp`` of the logits function (the positional ``logits_fn`` hook or plain
-``scale * q.k``), ``p = exp(s - lse)``, ``dv += p^T do``, ``dp = do v^T``, ``ds = p * (dp -
-delta)`` with ``delta = rowsum(do * o) - dlse`` (the ``dlse`` term makes the returned lse
-differentiable too), then the vjp gives the tile's ``dq`` and ``dk``. dq accumulates in the
-loop carry, dk and dv in float32 buffers updated in place.
-
-Differentiation is first-order reverse mode (``jax.grad``, ``jax.vjp``), which is what training
-needs; ``jax.jvp`` and gradients of gradients are not available through the ``custom_vjp``
-(use ``reference`` or ``xla`` for those).
-
-Rows that see no key have ``l = 0``: their output is 0 and their lse ``-inf``, and every
-exponent uses a finite stand-in for ``-inf`` maxima, so no NaN reaches outputs or gradients.
-Lengths that are not multiples of the block size are padded with segment id 0 (padding), which
-the tile classes and masks already exclude.
+arXiv 2307.08691), visiting only the non-empty tiles of ``tiles.visit_lists`` (full ones without
+the mask). The ``jax.custom_vjp`` backward recomputes tiles from the saved log-sum-exp; it is
+first-order reverse mode only. See docs/attention.md#blockwise.
 """
 
 from __future__ import annotations
@@ -173,7 +145,7 @@ def _dot_logits(q, k, q_pos, k_pos, *, scale):
     b, tq, n, h = q.shape
     kh = k.shape[2]
     s = jnp.einsum(
-        "bqkgh,bskh->bkgqs", q.reshape(b, tq, kh, n // kh, h), k, preferred_element_type=_F32
+        "BTKGH,BSKH->BKGTS", q.reshape(b, tq, kh, n // kh, h), k, preferred_element_type=_F32
     )
     return (s * scale).reshape(b, n, tq, k.shape[1])
 
@@ -233,7 +205,7 @@ def _forward(st: _Static, q, k, v, q_pos, k_pos, q_seg, kv_seg, visits):
             p = jnp.exp(s - m_fin[..., None])
             corr = jnp.exp(m - m_fin)
             pv = jnp.einsum(
-                "bkgqs,bskh->bkgqh", p.astype(v.dtype), vb[j], preferred_element_type=_F32
+                "BKGTS,BSKH->BKGTH", p.astype(v.dtype), vb[j], preferred_element_type=_F32
             )
             return o * corr[..., None] + pv, m_new, l * corr + p.sum(-1)
 
@@ -281,7 +253,7 @@ def _flash_bwd(st: _Static, res: tuple[Any, ...], cts):
 def _delta(out, d_out, d_lse):
     """Flash backward's row term ``rowsum(d_out * out)``, minus the lse cotangent (``d lse_i /
     d s_ij = p_ij``, so an lse cotangent shifts it): ``[B, T, N] float32``."""
-    return jnp.einsum("btnh,btnh->btn", d_out.astype(_F32), out.astype(_F32)) - d_lse
+    return jnp.einsum("BTNH,BTNH->BTN", d_out.astype(_F32), out.astype(_F32)) - d_lse
 
 
 def _backward(st: _Static, q, k, v, q_pos, k_pos, q_seg, kv_seg, visits, lse, delta, d_out):
@@ -313,9 +285,9 @@ def _backward(st: _Static, q, k, v, q_pos, k_pos, q_seg, kv_seg, visits, lse, de
                 s = _apply_mask(st, s, qp_i, qs_i, kpb[j], ksb[j])
             p = jnp.exp(s - lse_i[..., None])  # [B, K, G, Cq, Ck]
             dv_j = jnp.einsum(
-                "bkgqs,bqkgh->bskh", p.astype(do_i.dtype), do_g, preferred_element_type=_F32
+                "BKGTS,BTKGH->BSKH", p.astype(do_i.dtype), do_g, preferred_element_type=_F32
             )
-            dp = jnp.einsum("bqkgh,bskh->bkgqs", do_g, v_j, preferred_element_type=_F32)
+            dp = jnp.einsum("BTKGH,BSKH->BKGTS", do_g, v_j, preferred_element_type=_F32)
             dq_j, dk_j = pullback(p * (dp - delta_i[..., None]))
             dk = lax.dynamic_update_index_in_dim(dk, dk[j] + dk_j, j, 0)
             dv = lax.dynamic_update_index_in_dim(dv, dv[j] + dv_j, j, 0)

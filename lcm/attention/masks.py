@@ -1,40 +1,11 @@
 """Declarative attention masks: functions of token positions, never dense arrays.
 
-A mask answers "may the query at position ``q`` see the key at position ``k``?". Because it reads
-positions rather than array indices, the same mask object stays correct for packed documents,
-load-balanced (permuted) token orders, ring shards and decoding against a cache: the caller passes
-the true positions and nothing else changes.
-
-Every mask offers two views:
-
-1. ``mask.dense(q_pos, k_pos)``: the boolean matrix ``[..., T, S]`` (reference path, tests).
-2. ``mask.classify(q_lo, q_hi, k_lo, k_hi)``: for a (query block, key block) tile summarised
-   only by the smallest and largest position in each block, one of ``EMPTY`` (no pair
-   visible), ``PARTIAL`` or ``FULL`` (every pair visible). It never builds the dense matrix, so
-   it works at T = 1M; splash attention's block classification (``splash_attention_mask_info``
-   in jax) is the model for this.
-
-Classification is about the whole box ``[q_lo, q_hi] x [k_lo, k_hi]``, which contains every pair
-of the tile. ``FULL`` on the box implies every real pair is visible and ``EMPTY`` on the box
-implies no real pair is, so the answer is always safe to act on (skip an empty tile, drop the
-mask of a full one). When the positions inside a block are contiguous the box is exactly the set
-of pairs and atomic masks classify exactly. When they are not (permuted or striped layouts,
-packed documents with gaps) the box is a superset: a tile may be reported ``PARTIAL`` although
-it is really empty or full. That costs work (the tile is computed with the mask applied), never
-correctness. ``&`` and ``|`` combine the two conservative facts ("all visible", "none visible"),
-so combinations are conservative as well, though not always exact (an ``&`` of two partial
-masks can be empty).
-
-Document masking comes from segment ids and is applied by the attention implementations on top
-of the mask: a query sees a key only when both carry the same segment id, and id 0 marks padding,
-which never attends and is never attended (its output rows are zeros). Write
-``Causal()`` for packed causal training; segment ids keep the documents apart.
-
-Conventions: ``SlidingWindow(left, right)`` sees ``q - left <= k <= q + right`` (``left + right
-+ 1`` keys), as splash's ``LocalMask`` and ``jax.nn.dot_product_attention(local_window_size=)``
-do. ``Sink(n)`` sees keys at positions ``< n`` from every query; combine it as
-``(SlidingWindow(w) | Sink(4)) & Causal()`` for StreamingLLM-style attention (Xiao et al. 2023,
-arXiv 2309.17453).
+A mask answers "may the query at position ``q`` see the key at position ``k``?" in two views:
+``dense(q_pos, k_pos)``, a boolean ``[..., T, S]`` (reference path, tests), and ``classify(q_lo,
+q_hi, k_lo, k_hi)``, a conservative ``EMPTY`` / ``PARTIAL`` / ``FULL`` per tile from block position
+bounds, built on the tile kinds and box primitives of ``kernels_pallas.mask``. Segment ids
+(0 = padding) are applied on top by the implementations. ``Sink`` is StreamingLLM's (Xiao et al.
+2023, arXiv 2309.17453). See docs/attention.md#masks.
 """
 
 from __future__ import annotations
@@ -42,25 +13,34 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-EMPTY, PARTIAL, FULL = 0, 1, 2
+from kernels_pallas import mask as kernel_mask
+from kernels_pallas.mask import EMPTY as EMPTY  # tile kinds, defined once in kernels_pallas
+from kernels_pallas.mask import FULL as FULL
+from kernels_pallas.mask import PARTIAL as PARTIAL
+from kernels_pallas.mask import BoxVisibility
 
 Array = Any  # numpy or jax integer array; masks only use operators, so both work
 
 
 class Mask:
-    """Base class: subclasses define ``visible``, ``none_visible`` and ``all_visible``."""
+    """Base class: subclasses define ``visible`` and ``box``."""
 
     def visible(self, q: Array, k: Array) -> Array:
         """Elementwise visibility of broadcast-compatible position arrays ``q`` and ``k``."""
         raise NotImplementedError
 
+    def box(self, q_lo: Array, q_hi: Array, k_lo: Array, k_hi: Array) -> BoxVisibility:
+        """``(none, every)``: whether no / every pair of the box ``[q_lo, q_hi] x [k_lo, k_hi]``
+        is visible (conservative; built from ``kernels_pallas.mask``'s box primitives)."""
+        raise NotImplementedError
+
     def none_visible(self, q_lo: Array, q_hi: Array, k_lo: Array, k_hi: Array) -> Array:
         """True where no pair of the box ``[q_lo, q_hi] x [k_lo, k_hi]`` is visible."""
-        raise NotImplementedError
+        return self.box(q_lo, q_hi, k_lo, k_hi).none
 
     def all_visible(self, q_lo: Array, q_hi: Array, k_lo: Array, k_hi: Array) -> Array:
         """True where every pair of the box ``[q_lo, q_hi] x [k_lo, k_hi]`` is visible."""
-        raise NotImplementedError
+        return self.box(q_lo, q_hi, k_lo, k_hi).every
 
     def dense(self, q_pos: Array, k_pos: Array) -> Array:
         """Boolean ``[..., T, S]`` for positions ``q_pos [..., T]`` and ``k_pos [..., S]``."""
@@ -71,10 +51,7 @@ class Mask:
 
         Requires ``q_lo <= q_hi`` and ``k_lo <= k_hi`` (blocks holding at least one token).
         """
-        none = self.none_visible(q_lo, q_hi, k_lo, k_hi)
-        every = self.all_visible(q_lo, q_hi, k_lo, k_hi)
-        # On a non-empty box "none" and "all" cannot both hold, so this is 0, 1 or 2.
-        return PARTIAL + every.astype("int32") - none.astype("int32")
+        return kernel_mask.box_kind(self.box(q_lo, q_hi, k_lo, k_hi)).astype("int32")
 
     def __and__(self, other: Mask) -> Mask:
         _check_mask(other, "&")
@@ -102,11 +79,8 @@ class Full(Mask):
     def visible(self, q, k):
         return (q == q) & (k == k)  # all True, broadcast to the pair shape
 
-    def none_visible(self, q_lo, q_hi, k_lo, k_hi):
-        return q_lo != q_lo
-
-    def all_visible(self, q_lo, q_hi, k_lo, k_hi):
-        return (q_lo == q_lo) & (k_lo == k_lo)
+    def box(self, q_lo, q_hi, k_lo, k_hi):
+        return BoxVisibility(q_lo != q_lo, (q_lo == q_lo) & (k_lo == k_lo))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,11 +90,8 @@ class Causal(Mask):
     def visible(self, q, k):
         return k <= q
 
-    def none_visible(self, q_lo, q_hi, k_lo, k_hi):
-        return k_lo > q_hi
-
-    def all_visible(self, q_lo, q_hi, k_lo, k_hi):
-        return k_hi <= q_lo
+    def box(self, q_lo, q_hi, k_lo, k_hi):
+        return kernel_mask.causal_box(q_lo, q_hi, k_lo, k_hi)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,12 +108,12 @@ class SlidingWindow(Mask):
     def visible(self, q, k):
         return (k >= q - self.left) & (k <= q + self.right)
 
-    def none_visible(self, q_lo, q_hi, k_lo, k_hi):
-        # The keys some query of [q_lo, q_hi] sees form [q_lo - left, q_hi + right].
-        return (k_hi < q_lo - self.left) | (k_lo > q_hi + self.right)
-
-    def all_visible(self, q_lo, q_hi, k_lo, k_hi):
-        return (k_lo >= q_hi - self.left) & (k_hi <= q_lo + self.right)
+    def box(self, q_lo, q_hi, k_lo, k_hi):
+        box = (q_lo, q_hi, k_lo, k_hi)
+        return kernel_mask.box_and(
+            kernel_mask.window_left_box(*box, self.left),
+            kernel_mask.window_right_box(*box, self.right),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,15 +131,11 @@ class ChunkedCausal(Mask):
     def visible(self, q, k):
         return (q // self.size == k // self.size) & (k <= q)
 
-    def none_visible(self, q_lo, q_hi, k_lo, k_hi):
-        # Chunk ids of the box's queries and keys are ranges; disjoint ranges share no chunk.
-        disjoint = (k_hi // self.size < q_lo // self.size) | (k_lo // self.size > q_hi // self.size)
-        return disjoint | (k_lo > q_hi)
-
-    def all_visible(self, q_lo, q_hi, k_lo, k_hi):
-        chunk = q_lo // self.size
-        one_chunk = (q_hi // self.size == chunk) & (k_lo // self.size == chunk)
-        return one_chunk & (k_hi // self.size == chunk) & (k_hi <= q_lo)
+    def box(self, q_lo, q_hi, k_lo, k_hi):
+        box = (q_lo, q_hi, k_lo, k_hi)
+        return kernel_mask.box_and(
+            kernel_mask.chunk_box(*box, self.size), kernel_mask.causal_box(*box)
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,11 +150,10 @@ class Sink(Mask):
     def visible(self, q, k):
         return (k < self.n) & (q == q)
 
-    def none_visible(self, q_lo, q_hi, k_lo, k_hi):
-        return (k_lo >= self.n) | (q_lo != q_lo)
-
-    def all_visible(self, q_lo, q_hi, k_lo, k_hi):
-        return (k_hi < self.n) & (q_lo == q_lo)
+    def box(self, q_lo, q_hi, k_lo, k_hi):
+        none, every = kernel_mask.sink_box(k_lo, k_hi, self.n)
+        # Broadcast with the query bounds, as the other masks' facts are.
+        return BoxVisibility(none | (q_lo != q_lo), every & (q_lo == q_lo))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,11 +166,8 @@ class And(Mask):
     def visible(self, q, k):
         return self.a.visible(q, k) & self.b.visible(q, k)
 
-    def none_visible(self, *box):
-        return self.a.none_visible(*box) | self.b.none_visible(*box)
-
-    def all_visible(self, *box):
-        return self.a.all_visible(*box) & self.b.all_visible(*box)
+    def box(self, *box):
+        return kernel_mask.box_and(self.a.box(*box), self.b.box(*box))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,11 +180,8 @@ class Or(Mask):
     def visible(self, q, k):
         return self.a.visible(q, k) | self.b.visible(q, k)
 
-    def none_visible(self, *box):
-        return self.a.none_visible(*box) & self.b.none_visible(*box)
-
-    def all_visible(self, *box):
-        return self.a.all_visible(*box) | self.b.all_visible(*box)
+    def box(self, *box):
+        return kernel_mask.box_or(self.a.box(*box), self.b.box(*box))
 
 
 def visibility(

@@ -1,38 +1,10 @@
 """``pallas``: the ``kernels_pallas`` kernels behind the ``attend`` front door.
 
-The adapter owns what the kernels leave to callers: the layout transposes (``[B,T,N,H]`` here,
-``[B,N,T,H]`` in the kernels), block sizes from config, padding lengths to whole blocks (padding
-gets segment id 0, which the kernels never attend), and the mapping from ``lcm`` masks to
-kernels. The kernel form follows the platform the program is lowered for (``interpret=None``):
-Mosaic on TPU, so a CPU host can compile a TPU program; jax's generic Pallas interpreter
-elsewhere, which is slow and meant for tests.
-
-Masks: ``Causal()`` and ``Full()`` run the flash kernel (masking on explicit positions). Every
-other mask (``SlidingWindow``, ``ChunkedCausal``, ``Sink`` and their ``&`` / ``|``
-combinations, with document masking from segment ids) runs the block-sparse kernel: tiles are
-classified on device from per-block position and segment ranges (``tiles.classify_tiles``, as
-``blockwise`` does), compacted into per-(batch, q block) kv block lists with PARTIAL / FULL
-flags, and partial tiles evaluate the mask's own ``visible`` inside the kernel.
-
-**Static list widths.** The kernels' grids need static list lengths, but positions are traced.
-``list_widths`` bounds them from the mask and the shapes alone, assuming positions are contiguous
-inside each block (true for plain rows, decoding against a cache, ring shards whose chunks are
-whole blocks): e.g. a window of ``w`` keys seen from ``block_q`` queries meets at most
-``ceil((block_q + w - 2) / block_kv) + 1`` kv blocks. The actual counts are checked on device,
-and if any row exceeds the bound (packed documents whose positions restart inside a block,
-permuted positions) a second, full-width call runs instead (``lax.cond``): results are always
-exact, only the fast path needs the assumption.
-
-**Under a mesh** (``jax.set_mesh`` / ``lcm.parallel.sharding.use_mesh``) a Mosaic call cannot
-be partitioned by XLA's SPMD partitioner, which would replicate it: ``per_chip`` runs the kernels
-in ``jax.shard_map`` over the mesh axes the logical rules give ``batch`` and ``heads`` /
-``kv_heads``, so every chip attends its own rows and heads and nothing is gathered. Sequence
-dimensions stay whole (sequence parallelism is ``ring``'s job); an axis whose size does not divide
-a dimension is left out (e.g. an eval batch of 1), and heads are split only when query and kv
-heads map to the same mesh axes (GQA groups stay on one chip).
-
-Positional logits hooks cannot run inside the kernels (capability ``custom_logits=False``), so
-schemes such as ALiBi or SelfExtend are refused at model build time.
+Owns the layout transposes (``[B,T,N,H]`` here, ``[B,N,T,H]`` in the kernels), block sizes,
+padding to whole blocks (segment id 0) and the mask mapping: ``Causal()`` / ``Full()`` run the
+flash kernel, every other mask the block-sparse kernel on lists classified on device. Under a
+mesh the kernels run per chip (``per_chip``). No positional logits hooks. See
+docs/attention.md#pallas-adapter.
 """
 
 from __future__ import annotations

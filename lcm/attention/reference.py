@@ -37,7 +37,7 @@ def reference_attention(
     g = n // kh
     if logits_fn is None:
         logits = jnp.einsum(
-            "btkgh,bskh->bkgts", q.reshape(b, t, kh, g, h), k, precision=_HIGHEST
+            "BTKGH,BSKH->BKGTS", q.reshape(b, t, kh, g, h), k, precision=_HIGHEST
         ).reshape(b, n, t, s)
         logits = scale * logits
     else:
@@ -58,7 +58,7 @@ def reference_attention(
     seen = total > 0
     safe_total = jnp.where(seen, total, 1.0)  # no 0/0 in outputs or gradients
     p = p / safe_total[..., None]
-    out = jnp.einsum("bkgts,bskh->btkgh", p.reshape(b, kh, g, t, s), v, precision=_HIGHEST).reshape(
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", p.reshape(b, kh, g, t, s), v, precision=_HIGHEST).reshape(
         b, t, n, h
     )
     lse = None

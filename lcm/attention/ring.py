@@ -1,25 +1,10 @@
 """Ring attention: sequence (context) parallel attention over one mesh axis.
 
 Liu, Zaharia & Abbeel, "Ring Attention with Blockwise Transformers for Near-Infinite Context"
-(2023). Each device keeps its query shard; key/value shards (with their positions and segment
-ids) travel around the ring by ``lax.ppermute``, one hop per step. Every step attends the local
-queries to the visiting shard with a tile function returning ``(out, lse)``, and the partial
-results are merged exactly by log-sum-exp.
-
-The backward pass is its own ring (custom VJP). It recomputes probabilities from the GLOBAL
-log-sum-exp and output saved by the forward (per-step statistics would give wrong dQ/dK), keeps
-dQ local, and sends dK/dV around the ring together with K/V, so after ``n`` hops they arrive
-back on the device that owns those keys. Nothing is ever all-gathered.
-
-Masks are functions of positions, so load-balanced token layouts need no special cases in the
-ring: permute tokens (and their positions/segment ids) with ``layout_permutation`` before
-sharding, and causal work is spread evenly (``striped``: Brandon et al. 2023, arXiv 2311.09431;
-``zigzag``: chunks r and 2n-1-r on device r, as in Llama-3 context parallelism).
-
-``ring_attention`` knows only the axis name and two tile callables; the registered ``ring``
-implementation below wraps it in ``jax.shard_map`` over the context mesh (``jax.set_mesh`` /
-``lcm.parallel.sharding.use_mesh``) with blockwise tiles, reading the batch and head axes from
-the logical axis rules in context.
+(2023). K/V shards travel the ring by ``lax.ppermute`` and partial results merge by log-sum-exp;
+the custom-VJP backward is its own ring. Load-balanced layouts (``layout_permutation``:
+``striped``, Brandon et al. 2023, arXiv 2311.09431; ``zigzag``) need no special cases, since
+masks read positions. See docs/attention.md#ring.
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
 """Tile bookkeeping shared by tiled attention: block ranges, tile classes, visit lists.
 
-A sequence cut into blocks of ``C`` tokens is summarised per block by the smallest and largest
-position and segment id of its real (non-padding) tokens. ``classify_tiles`` combines these
-summaries with a mask (``masks.Mask.classify``) into one ``EMPTY / PARTIAL / FULL`` class per
-(query block, key block) tile, in O(T/Cq * S/Ck) work and memory, never O(T * S).
-
-Segment ids refine the classes: a tile is empty when the two blocks' segment-id ranges are
-disjoint or either block holds only padding (id 0), and full only when both blocks hold one and
-the same segment with no padding at all. Like mask classification this is exact for contiguous
-ids and conservative otherwise.
-
-Everything here is plain ``jnp`` on (possibly traced) arrays, so it runs under ``jit`` with
-positions that are only known at run time.
+Per-block position and segment-id summaries (``block_ranges``) and a mask give one ``EMPTY /
+PARTIAL / FULL`` class per (query block, key block) tile (``classify_tiles``) in O(T/Cq * S/Ck)
+work, never O(T * S). Plain ``jnp``, so it runs under ``jit`` on traced positions. See
+docs/attention.md#tiles.
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ def _query_rows(q_pos, q_seg, count: int) -> jax.Array:
 def _per_kv_head(weights, kv_heads: int, rows) -> jax.Array:
     """Attention received ``[B, K, C]``: weights ``[B, N, T, C]`` summed over rows and groups."""
     b, n, _, c = weights.shape
-    summed = jnp.einsum("bntc,bt->bnc", weights, rows.astype(weights.dtype))
+    # C = cache slots, as in lcm.inference.cache.
+    summed = jnp.einsum("BNTC,BT->BNC", weights, rows.astype(weights.dtype))
     return summed.reshape(b, kv_heads, n // kv_heads, c).sum(2)
 
 
@@ -171,7 +172,7 @@ def output_error(layer) -> jax.Array:
     total = score.sum(-1, keepdims=True)
     alpha = score / jnp.where(total > 0, total, 1.0)
     v = layer["v"].astype(jnp.float32)  # [B, C, K, H]
-    x = jnp.einsum("bkc,bckh->bkh", alpha, v, precision=jax.lax.Precision.HIGHEST)
+    x = jnp.einsum("BKC,BCKH->BKH", alpha, v, precision=jax.lax.Precision.HIGHEST)
     distance = jnp.linalg.norm(x[:, None] - v, axis=-1).transpose(0, 2, 1)  # [B, K, C]
     error = alpha / jnp.maximum(1.0 - alpha, 1e-6) * distance
     return error.sum(1)

@@ -5,7 +5,9 @@ FULL must be all visible, EMPTY must be all hidden, and with contiguous position
 must classify exactly (PARTIAL only when the tile really is mixed).
 """
 
+import ast
 import functools
+import pathlib
 
 import hypothesis.strategies as st
 import jax
@@ -14,8 +16,11 @@ import numpy as np
 import pytest
 from hypothesis import given
 
+from kernels_pallas import mask as kernel_mask
 from lcm.attention import masks, tiles
 from lcm.attention.masks import EMPTY, FULL, PARTIAL
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _dense(mask, t=6, s=6, offset=0):
@@ -162,3 +167,79 @@ def test_classification_at_one_million_tokens():
     # Window 4096 = 2 blocks: block i sees blocks i-2 (partial), i-1 (full), i (diagonal).
     assert int(window.full_count.sum()) == nb - 1
     assert int(window.partial_count.sum()) == 2 * nb - 2
+
+
+def _module_level_names(path):
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        for target in targets:
+            for leaf in ast.walk(target) if target is not None else ():
+                if isinstance(leaf, ast.Name):
+                    names.add(leaf.id)
+    return names
+
+
+def test_tile_kinds_are_defined_once_in_kernels_pallas():
+    """``lcm`` re-exports the kernels' tile kinds; no module assigns its own."""
+    kinds = {"EMPTY", "PARTIAL", "FULL"}
+    homes = sorted(
+        str(path.relative_to(ROOT))
+        for package in ("lcm", "kernels_pallas")
+        for path in (ROOT / package).rglob("*.py")
+        if kinds & _module_level_names(path)
+    )
+    assert homes == ["kernels_pallas/mask.py"]
+    lcm_kinds = (masks.EMPTY, masks.PARTIAL, masks.FULL)
+    assert lcm_kinds == (kernel_mask.EMPTY, kernel_mask.PARTIAL, kernel_mask.FULL) == (0, 1, 2)
+
+
+# Each lcm mask with the kernels' PositionalMask that means the same visibility.
+SAME_MASKS = [
+    (masks.Full(), kernel_mask.PositionalMask()),
+    (masks.Causal(), kernel_mask.PositionalMask(causal=True)),
+    (masks.SlidingWindow(3), kernel_mask.PositionalMask(window_left=3, window_right=0)),
+    (masks.SlidingWindow(2, 5), kernel_mask.PositionalMask(window_left=2, window_right=5)),
+    (
+        masks.SlidingWindow(3) & masks.Causal(),
+        kernel_mask.PositionalMask(causal=True, window_left=3),
+    ),
+    (masks.ChunkedCausal(4), kernel_mask.PositionalMask(causal=True, chunk=4)),
+    (
+        masks.SlidingWindow(4, 2) & masks.ChunkedCausal(3),
+        kernel_mask.PositionalMask(causal=True, window_left=4, window_right=2, chunk=3),
+    ),
+    (
+        (masks.SlidingWindow(3) | masks.Sink(2)) & masks.Causal(),
+        kernel_mask.PositionalMask(causal=True, window_left=3, sink=2),
+    ),
+    (
+        (masks.ChunkedCausal(5) | masks.Sink(3)) & masks.Causal(),
+        kernel_mask.PositionalMask(causal=True, chunk=5, sink=3),
+    ),
+]
+
+
+def _boxes(lo=-4, hi=14):
+    """Every box ``[q_lo, q_hi] x [k_lo, k_hi]`` with bounds in ``[lo, hi)``, as broadcast rows and
+    columns ``[n, 1]`` / ``[1, n]``, contiguous or not."""
+    lows, highs = np.triu_indices(hi - lo)
+    lows, highs = (lows + lo).astype(np.int32), (highs + lo).astype(np.int32)
+    return lows[:, None], highs[:, None], lows[None], highs[None]
+
+
+@pytest.mark.parametrize("as_array", [np.asarray, jnp.asarray], ids=["numpy", "jax"])
+@pytest.mark.parametrize("lcm_mask, kernel", SAME_MASKS, ids=[repr(m) for m, _ in SAME_MASKS])
+def test_lcm_classification_equals_the_kernels(lcm_mask, kernel, as_array):
+    """``Mask.classify`` and ``PositionalMask.tile_kind`` agree on every box of a grid."""
+    box = tuple(as_array(x) for x in _boxes())
+    assert np.asarray(lcm_mask.dense(np.arange(-4, 14), np.arange(-4, 14))).tolist() == (
+        np.asarray(kernel.allows(np.arange(-4, 14)[:, None], np.arange(-4, 14)[None])).tolist()
+    )  # the pair means the same mask
+    lcm_kinds = np.asarray(lcm_mask.classify(*box))
+    kernel_kinds = np.broadcast_to(np.asarray(kernel.tile_kind(*box)), lcm_kinds.shape)
+    np.testing.assert_array_equal(lcm_kinds, kernel_kinds)
+    # The grid is not degenerate: every kind occurs unless the mask hides nothing.
+    assert set(np.unique(lcm_kinds).tolist()) == (
+        {FULL} if kernel.is_full else {EMPTY, PARTIAL, FULL}
+    )

@@ -1,16 +1,9 @@
 """Sparse attention from the long-context papers, each registered in ``lcm.attention.ATTENTION``.
 
-``moba`` (MoBA), ``hsa`` (hierarchical sparse attention), ``s2_attn`` (LongLoRA shifted sparse
-attention) and ``sink_window`` (StreamingLLM sinks + sliding window). Each module holds the fast
-path, a dense reference for tests and the ``attend`` adapter. ``nsa`` (native sparse attention)
-has learned parameters, so it is not an ``attend`` implementation but a linen module
-(``nsa.NSA``) that the model uses in place of ``attend`` when the config names it
-(``MODULE_IMPLS``).
-
-``config.model.attention.sparse_kernel`` picks how ``moba``, ``hsa``, ``nsa`` (selection and
-window branches), ``s2_attn`` and ``sink_window`` compute their blocks: ``blockwise`` (plain JAX)
-or ``pallas`` (the ``kernels_pallas`` block-sparse kernel, via ``kernel_slots`` and the ``pallas``
-adapter).
+``moba``, ``hsa``, ``s2_attn`` and ``sink_window`` are ``attend`` implementations; ``nsa`` has
+parameters, so it is a linen module (``nsa.NSA``, ``MODULE_IMPLS``). ``config.model.attention.
+sparse_kernel`` picks ``blockwise`` (plain JAX) or ``pallas`` for their blocks. See
+docs/attention.md#sparse-attention.
 """
 
 from lcm.attention.sparse import hsa as hsa

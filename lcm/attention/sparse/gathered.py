@@ -1,21 +1,9 @@
 """Attention over per-token selected key blocks, regrouped by block, in plain JAX.
 
-MoBA (Lu et al. 2025, arXiv 2502.13189), NSA's selection branch (Yuan et al. 2025, arXiv
-2502.11089) and HSA (Hu et al. 2025, arXiv 2504.16795) all pick key blocks PER QUERY TOKEN. A
-(query tile, key block) visit list would have to hold the union of the picks of every token and
-head in the tile, which for top-3 of 64 blocks is nearly every block, so these methods gather
-instead: each query token reads its own ``M`` selected blocks ("slots"), with one softmax per
-slot, and ``slot_attention`` regroups the (query, slot) pairs by the block they read so that the
-work is dense matrix products. Callers merge the slots exactly by their log-sum-exps (one softmax
-over the union: MoBA, NSA) or mix them with weights (HSA).
-
-Work is O(T * N * M * block * H) and memory O(T * N * M * H), never O(T * S): chunks run under
-``lax.scan`` with ``jax.checkpoint``, so the backward recomputes logits instead of storing them.
-Selections (which need the query's scores against every block) run over query tiles with
-``scan_query_tiles``.
-
-Inside a gathered block a key is visible when it is not after the query (``k_pos <= q_pos``),
-has the query's segment id, and neither is padding (segment id 0). Every method here is causal.
+For MoBA (Lu et al. 2025, arXiv 2502.13189), NSA's selection (Yuan et al. 2025, arXiv
+2502.11089) and HSA (Hu et al. 2025, arXiv 2504.16795): each query reads its ``M`` selected
+blocks ("slots", one softmax each), and ``slot_attention`` regroups (query, slot) pairs by block
+into dense products. Causal. See docs/attention.md#gathered-slots.
 """
 
 from __future__ import annotations
@@ -115,7 +103,8 @@ def slot_attention(q, k, v, ids, valid, *, block, q_pos, k_pos, q_seg, kv_seg, s
         cb, ckh, cblk = cg // (kh * nb), (cg // nb) % kh, cg % nb
         kblk, vblk = kb[cb, cblk, :, ckh], vb[cb, cblk, :, ckh]  # [step_chunks, block, H]
         kp, ks = kpb[cb, cblk], ksb[cb, cblk]  # [step_chunks, block]
-        s = jnp.einsum("xch,xjh->xcj", qc.astype(_F32), kblk.astype(_F32)) * scale
+        # R = step_chunks chunks, C = chunk query rows each, S = block keys of the chunk's block.
+        s = jnp.einsum("RCH,RSH->RCS", qc.astype(_F32), kblk.astype(_F32)) * scale
         visible = real[..., None] & (kp[:, None, :] <= qp[..., None])
         visible = visible & (ks[:, None, :] == qs[..., None]) & (qs != 0)[..., None]
         s = jnp.where(visible, s, -jnp.inf)
@@ -125,7 +114,7 @@ def slot_attention(q, k, v, ids, valid, *, block, q_pos, k_pos, q_seg, kv_seg, s
         total = p.sum(-1)
         seen = total > 0
         safe = jnp.where(seen, total, 1.0)
-        out = jnp.einsum("xcj,xjh->xch", p, vblk.astype(_F32)) / safe[..., None]
+        out = jnp.einsum("RCS,RSH->RCH", p, vblk.astype(_F32)) / safe[..., None]
         return None, (out, jnp.where(seen, mx + jnp.log(safe), -jnp.inf))
 
     xs = (chunk_pair, chunk_group, q_chunks, qp_chunks, qs_chunks)

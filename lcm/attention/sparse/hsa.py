@@ -1,21 +1,9 @@
 """HSA, hierarchical sparse attention (Hu et al. 2025, RAMba, arXiv 2504.16795; HSA-UltraLong,
 arXiv 2511.23319).
 
-Keys are cut into fixed chunks of ``chunk_size`` tokens, each summarised by a landmark. Every
-query token scores the chunks that lie entirely before its own chunk, ``s_j = q . lmk_j /
-sqrt(H)``, keeps its ``top_k`` chunks, attends inside each chosen chunk with a SEPARATE softmax,
-and mixes the per-chunk outputs with retrieval weights, ``o = sum_i w_i o_i``, so the retrieval
-scores enter the forward pass and get gradients (unlike MoBA and NSA, whose selection is a hard
-mask). Weights (``RamstorageAI/long-context-modeling``, ``model/hsa_layers.py``):
-
-* ``softmax``: ``w = softmax(s)`` over the selected scores;
-* ``stick_breaking``: ``w_i = exp(s_i - sum_{j <= i} softplus(s_j))`` in decreasing score order.
-
-Here the landmark is the chunk's mean key and the retrieval query is the attention query itself
-(the paper learns a chunk encoder and a separate retrieval projection; both would only change
-the inputs of this function). A token in the first chunk has no complete earlier chunk and gets
-output 0, so HSA is meant to be paired with a local branch (the papers use sliding-window
-attention or Mamba layers). Chunks are index chunks of the row (self-attention, ``T == S``).
+Each query scores the complete earlier chunks by their landmarks (mean keys), attends inside each
+of its ``top_k`` chunks with a separate softmax and mixes the outputs by retrieval weights
+(``softmax`` or ``stick_breaking``), so retrieval scores get gradients. See docs/attention.md#hsa.
 """
 
 from __future__ import annotations
@@ -62,8 +50,9 @@ def _select_tile(q, start, landmarks, chunk_size, top_k, scale):
     """``(ids, scores, valid) [B,C,N,M]``, ``M = min(top_k, nc)``, for queries from ``start``."""
     b, c, n, _ = q.shape
     nc, kh = landmarks.shape[1], landmarks.shape[2]
+    # C queries of the tile, J = nc chunks.
     scores = scale * jnp.einsum(
-        "bckgh,bjkh->bckgj",
+        "BCKGH,BJKH->BCKGJ",
         q.astype(_F32).reshape(b, c, kh, n // kh, -1),
         landmarks,
         precision=_HIGHEST,
@@ -125,7 +114,8 @@ def hsa_attention(
     kh = k.shape[2]
     head = (jnp.arange(n) // (n // kh))[None, None, :, None]
     chosen = landmarks[jnp.arange(b)[:, None, None, None], ids, head]  # [B, T, N, M, H]
-    scores = scale * jnp.einsum("btnh,btnmh->btnm", q.astype(_F32), chosen, precision=_HIGHEST)
+    # M = selected chunks (slots).
+    scores = scale * jnp.einsum("BTNH,BTNMH->BTNM", q.astype(_F32), chosen, precision=_HIGHEST)
     out, _ = kernel_slots.pick(kernel, interpret)(
         q, k, v, ids, valid, block=chunk_size, q_pos=q_pos, k_pos=k_pos, q_seg=q_seg,
         kv_seg=kv_seg, scale=scale, chunk=chunk,
@@ -160,10 +150,11 @@ def hsa_reference(
     nc = -(-s // chunk_size)
     key_chunk = jnp.arange(s) // chunk_size
     onehot = (key_chunk[None, :] == jnp.arange(nc)[:, None]) & (kv_seg[:, None, :] != 0)
-    lmk = jnp.einsum("bjs,bskh->bjkh", onehot.astype(_F32), k, precision=_HIGHEST)
+    # J = nc chunks: onehot [B, J, S] sums each chunk's keys.
+    lmk = jnp.einsum("BJS,BSKH->BJKH", onehot.astype(_F32), k, precision=_HIGHEST)
     lmk = lmk / jnp.maximum(onehot.sum(-1), 1)[..., None, None]
     scores = scale * jnp.einsum(
-        "btnh,bjnh->btnj", q, jnp.repeat(lmk, g, axis=2), precision=_HIGHEST
+        "BTNH,BJNH->BTNJ", q, jnp.repeat(lmk, g, axis=2), precision=_HIGHEST
     )
     past = jnp.arange(nc)[None, :] * chunk_size + chunk_size <= jnp.arange(t)[:, None]
     scores = jnp.where(past[None, :, None, :], scores, -jnp.inf)
@@ -174,7 +165,7 @@ def hsa_reference(
     else:
         sp = jnp.where(valid, jax.nn.softplus(jnp.where(valid, values, 0.0)), 0.0)
         w = jnp.where(valid, jnp.exp(jnp.where(valid, values, 0.0) - jnp.cumsum(sp, -1)), 0.0)
-    logits = scale * jnp.einsum("btnh,bsnh->bnts", q, jnp.repeat(k, g, axis=2), precision=_HIGHEST)
+    logits = scale * jnp.einsum("BTNH,BSNH->BNTS", q, jnp.repeat(k, g, axis=2), precision=_HIGHEST)
     base = (
         (k_pos[:, None, None, :] <= q_pos[:, None, :, None])
         & (q_seg[:, None, :, None] == kv_seg[:, None, None, :])
@@ -188,7 +179,7 @@ def hsa_reference(
         m = lax.stop_gradient(x.max(-1, keepdims=True))
         p = jnp.exp(x - jnp.where(jnp.isfinite(m), m, 0.0))
         p = p / jnp.maximum(p.sum(-1, keepdims=True), jnp.finfo(_F32).tiny)
-        o = jnp.einsum("bnts,bsnh->btnh", p, jnp.repeat(v, g, axis=2), precision=_HIGHEST)
+        o = jnp.einsum("BNTS,BSNH->BTNH", p, jnp.repeat(v, g, axis=2), precision=_HIGHEST)
         out = out + w[..., i, None] * o
     return out.astype(dtype)
 

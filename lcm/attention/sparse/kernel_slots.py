@@ -1,23 +1,8 @@
 """``gathered.slot_attention`` on the Pallas block-sparse kernel (``kernels_pallas``).
 
-Same contract as ``gathered.slot_attention`` (per-query-token selected key blocks, one softmax
-per (query, head, slot)), computed the way MoBA's efficient implementation does (Lu et al. 2025,
-arXiv 2502.13189, section 2.3: gather the queries routed to each key block, run flash attention
-per block, scatter back): for every (batch, kv head), the (token, query head, slot) pairs are
-sorted by the key block they read and packed into chunks of ``chunk`` rows that all read one
-block, each block's run padded to whole chunks. The gathered queries become the kernel's query
-rows (batch and kv head folded together), each chunk's kv list has exactly ONE entry (its block),
-and the transposed lists (chunks reading a block) drive the dkv kernel. Inside a chunk the kernel
-applies causality on positions (``k_pos <= q_pos``) and segment ids, exactly the visibility of
-``gathered``; padding rows carry segment id 0 and see nothing.
-
-Static shapes: ``P = T * G * M`` pairs per (batch, kv head) fill at most ``capacity = ceil((P +
-nb * (chunk - 1)) / chunk)`` chunks, and a block is read by at most ``ceil(T * G / chunk)``
-chunks, because valid ids of one query row are distinct (top-k picks are): both are the list
-widths. Gradients flow through the gather / scatter around the kernel's ``custom_vjp``.
-
-The kernel's tiling applies: ``block`` is a multiple of 128 or covers the whole (padded) key
-length, ``chunk`` a multiple of 8, ``H <= 128`` or a multiple of 128.
+As MoBA's efficient implementation (Lu et al. 2025, arXiv 2502.13189, section 2.3): the queries
+routed to each key block are gathered into chunks of ``chunk`` rows, each chunk's kv list holds
+its one block, and results are scattered back. See docs/attention.md#kernel-slots.
 """
 
 from __future__ import annotations

@@ -1,35 +1,9 @@
 """MoBA, Mixture of Block Attention (Lu et al. 2025, arXiv 2502.13189).
 
-Keys are cut into blocks of ``block_size`` tokens. Each query head gates every block by ``q .
-mean(block keys)`` (float32, no parameters). A query always takes its own block (causally) and
-never a later one, and the remaining ``top_k - 1`` picks are the highest-gated earlier blocks;
-then one softmax runs over the union of the picked blocks. This is exactly the authors' naive
-reference ``moba_attn_varlen_naive`` (``MoonshotAI/MoBA``, ``moba/moba_naive.py``), where the own
-block is gated ``+inf`` and later blocks ``-inf`` before ``topk(min(top_k, num_blocks))``:
-
-* A later block that the top-k picks (when fewer than ``top_k - 1`` earlier blocks exist) is
-  removed by the causal mask there, so here it is simply not a slot.
-* Ties between equal gates go to the lower block index (``lax.top_k`` order; the reference
-  keeps exactly ``topk``'s indices, whose tie order torch leaves unspecified).
-* A trailing partial block's mean is over its real tokens only; it can only ever be a query's
-  own block, since it is later than every other query.
-
-Blocks are index blocks of the key row: key s is in block ``s // block_size``. With one
-document per row this is the reference's per-sequence blocking; packed documents (segment ids)
-are kept apart by the segment mask but share the row's blocks, and a block's mean is over its
-non-padding tokens. Causality inside a block is read from positions, so positions must increase
-with the index inside each document (any packing does).
-
-Self-attention (``T == S``): query t is key t, its own block is ``t // block_size``. Decoding
-and chunked prefill (``T != S``, queries against a longer key row such as a KV cache): the key
-row must be laid out by position (key s at position s, as a cache is; unwritten slots need
-segment id 0 or a position after every query), and query t is the key at index ``q_pos[t]``, so
-its own block is ``q_pos[t] // block_size``; then each query row equals the matching row of
-self-attention over the whole sequence.
-
-``kernel="pallas"`` computes the selected blocks with the Pallas block-sparse kernel
-(``kernel_slots``: queries gathered per key block, one kv block per chunk); ``"blockwise"``
-with ``gathered`` in plain JAX. Selection is the same code for both.
+Each query head gates every key block of ``block_size`` tokens by ``q . mean(block keys)``, takes
+its own block and the ``top_k - 1`` highest-gated earlier ones, and runs one softmax over their
+union: the authors' ``moba_attn_varlen_naive`` (``MoonshotAI/MoBA``). Blocks are index blocks of
+the key row; for ``T != S`` the key row is laid out by position. See docs/attention.md#moba.
 """
 
 from __future__ import annotations
@@ -71,8 +45,9 @@ def _select_tile(q, index, means, block_size, top_k):
     """
     b, c, n, _ = q.shape
     nb, kh = means.shape[1], means.shape[2]
+    # C queries of the tile, J = nb key blocks.
     gate = jnp.einsum(
-        "bckgh,bjkh->bckgj",
+        "BCKGH,BJKH->BCKGJ",
         q.astype(_F32).reshape(b, c, kh, n // kh, -1),
         means,
         precision=_HIGHEST,
@@ -181,11 +156,12 @@ def moba_reference(
     nb = -(-s // block_size)
     key_block = jnp.arange(s) // block_size  # [S]
     onehot = (key_block[None, :] == jnp.arange(nb)[:, None]) & (kv_seg[:, None, :] != 0)
-    means = jnp.einsum("bjs,bskh->bjkh", onehot.astype(_F32), k, precision=_HIGHEST)
+    # J = nb key blocks: onehot [B, J, S] sums each block's keys.
+    means = jnp.einsum("BJS,BSKH->BJKH", onehot.astype(_F32), k, precision=_HIGHEST)
     means = means / jnp.maximum(onehot.sum(-1), 1)[..., None, None]
     kr = jnp.repeat(k, g, axis=2)
     vr = jnp.repeat(v, g, axis=2)
-    gate = jnp.einsum("btnh,bjnh->bntj", q, jnp.repeat(means, g, axis=2), precision=_HIGHEST)
+    gate = jnp.einsum("BTNH,BJNH->BNTJ", q, jnp.repeat(means, g, axis=2), precision=_HIGHEST)
     q_block = (index // block_size)[:, None, :, None]  # [B, 1, T, 1]
     j = jnp.arange(nb)
     gate = jnp.where(j > q_block, -jnp.inf, gate)
@@ -201,13 +177,13 @@ def moba_reference(
         & (q_seg[:, None, :, None] == kv_seg[:, None, None, :])
         & (q_seg[:, None, :, None] != 0)
     )
-    logits = jnp.einsum("btnh,bsnh->bnts", q, kr, precision=_HIGHEST) * scale
+    logits = jnp.einsum("BTNH,BSNH->BNTS", q, kr, precision=_HIGHEST) * scale
     logits = jnp.where(visible, logits, -jnp.inf)
     m = lax.stop_gradient(logits.max(-1, keepdims=True))
     p = jnp.exp(logits - jnp.where(jnp.isfinite(m), m, 0.0))
     total = p.sum(-1, keepdims=True)
     p = p / jnp.where(total > 0, total, 1.0)
-    return jnp.einsum("bnts,bsnh->btnh", p, vr, precision=_HIGHEST).astype(dtype)
+    return jnp.einsum("BNTS,BSNH->BTNH", p, vr, precision=_HIGHEST).astype(dtype)
 
 
 @core.register(

@@ -1,32 +1,9 @@
 """NSA, Native Sparse Attention (Yuan et al. 2025, arXiv 2502.11089).
 
-Three branches per query, mixed by per-head sigmoid gates computed from the layer input:
-``o = g_cmp * o_cmp + g_slc * o_slc + g_win * o_win``.
-
-1. Compression: key/value blocks of ``l = cmp_block`` tokens with stride ``d = cmp_stride`` are
-   each mapped to one compressed key/value by a learned map ``phi`` (here ``phi(x) = sum_j x_j
-   W_j``, a linear layer over the flattened block whose per-offset weights ``W_j`` play the role
-   of the paper's intra-block position encoding; the paper uses an MLP). A query attends to the
-   compressed tokens whose block has ended.
-2. Selection: each selection block (``l' = slc_block`` tokens) is scored by the compression
-   attention probabilities of the compressed blocks overlapping it, summed over the query heads
-   of a GQA group (so the group shares its blocks); the top ``n = slc_top_n`` blocks are kept,
-   always including the first block and the ``local_blocks`` most recent ones (the own block,
-   causally), and attended with full attention (one softmax over their union).
-3. Sliding window of ``window`` keys (``blockwise`` with a static mask).
-
-``kernel="pallas"`` runs branches 2 and 3 on the Pallas kernels (``kernel_slots`` for the
-selected blocks, which needs ``slc_block`` a multiple of 128 unless one block covers the keys;
-the ``pallas`` adapter's block lists for the window); compression stays plain JAX.
-
-Defaults are the paper's (l = 32, d = 16, l' = 64, n = 16, w = 512, one initial and two local
-blocks; ``XunhaoLai/native-sparse-attention-triton`` uses the same). Selection indices carry no
-gradient; compression and window branches and the gates are trained through the output. Blocks
-are index blocks of the row (self-attention, ``T == S``); positions give causality inside
-them and must increase along each document.
-
-``nsa_attention`` is the math as a pure function of a parameter dict; ``NSA`` is the linen
-module holding the parameters, used by the model when ``config.model.attention.impl = "nsa"``.
+Three branches per query, mixed by per-head sigmoid gates: compressed blocks (a learned linear
+``phi``), selected blocks (scored by the compression probabilities) and a sliding window.
+``nsa_attention`` is the math on a parameter dict; ``NSA`` is the linen module the model uses for
+``impl = "nsa"``. See docs/attention.md#nsa.
 """
 
 from __future__ import annotations
@@ -89,7 +66,8 @@ def compress(x, weight, settings: NSASettings):
     nc = max((s - l) // d + 1, 0)
     idx = jnp.arange(nc)[:, None] * d + jnp.arange(l)[None, :]  # [nc, l]
     blocks = x[:, idx].astype(_F32)  # [B, nc, l, K, H]
-    return jnp.einsum("bcjkh,jhe->bcke", blocks, weight.astype(_F32), precision=_HIGHEST)
+    # M = nc blocks of W = l tokens; E is phi's output head_dim (= H).
+    return jnp.einsum("BMWKH,WHE->BMKE", blocks, weight.astype(_F32), precision=_HIGHEST)
 
 
 def _compressed_meta(k_pos, kv_seg, settings):
@@ -112,7 +90,8 @@ def _overlap(settings, nc, ns):
 def _select(p_cmp, start, c, settings, ns, kh):
     """Selection ids ``[B,C,N,n]`` and validity from compression probabilities ``[B,C,N,nc]``."""
     b, _, n, nc = p_cmp.shape
-    score = jnp.einsum("bcnm,mj->bcnj", p_cmp, _overlap(settings, nc, ns), precision=_HIGHEST)
+    # C queries of the tile, M = nc compressed blocks, J = ns selection blocks.
+    score = jnp.einsum("BCNM,MJ->BCNJ", p_cmp, _overlap(settings, nc, ns), precision=_HIGHEST)
     score = score.reshape(b, c, kh, n // kh, ns).sum(3)  # shared by the GQA group
     own = jnp.minimum((start + jnp.arange(c)) // settings.slc_block, ns - 1)[:, None]
     j = jnp.arange(ns)[None, :]
@@ -128,8 +107,9 @@ def _cmp_attention(q, kc, vc, cpos, cseg, q_pos, q_seg, scale):
     """Compression branch for a query tile: ``(out [B,C,N,H], probabilities [B,C,N,nc])``."""
     b, c, n, h = q.shape
     kh = kc.shape[2]
+    # C queries of the tile, M = nc compressed blocks.
     s = scale * jnp.einsum(
-        "bckgh,bmkh->bckgm", q.astype(_F32).reshape(b, c, kh, n // kh, h), kc, precision=_HIGHEST
+        "BCKGH,BMKH->BCKGM", q.astype(_F32).reshape(b, c, kh, n // kh, h), kc, precision=_HIGHEST
     ).reshape(b, c, n, -1)
     visible = (cpos[:, None, :] <= q_pos[:, :, None]) & (cseg[:, None, :] == q_seg[:, :, None])
     visible = visible & (q_seg[:, :, None] != 0)
@@ -138,14 +118,15 @@ def _cmp_attention(q, kc, vc, cpos, cseg, q_pos, q_seg, scale):
     e = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
     p = e / jnp.maximum(e.sum(-1, keepdims=True), jnp.finfo(_F32).tiny)
     out = jnp.einsum(
-        "bckgm,bmkh->bckgh", p.reshape(b, c, kh, n // kh, -1), vc, precision=_HIGHEST
+        "BCKGM,BMKH->BCKGH", p.reshape(b, c, kh, n // kh, -1), vc, precision=_HIGHEST
     ).reshape(b, c, n, h)
     return out, p
 
 
 def gates(params, x):
     """Per-head branch gates ``sigmoid(x W + b)``: ``[B,T,N,3]`` (cmp, slc, win)."""
-    g = jnp.einsum("btd,dnc->btnc", x.astype(_F32), params["gate_w"].astype(_F32))
+    # A = the three branches.
+    g = jnp.einsum("BTD,DNA->BTNA", x.astype(_F32), params["gate_w"].astype(_F32))
     return jax.nn.sigmoid(g + params["gate_b"].astype(_F32))
 
 
@@ -217,10 +198,11 @@ def nsa_reference(params, x, q, k, v, *, settings: NSASettings, q_pos, k_pos,
         m = lax.stop_gradient(x_.max(-1, keepdims=True))
         e = jnp.exp(x_ - jnp.where(jnp.isfinite(m), m, 0.0))
         p = e / jnp.maximum(e.sum(-1, keepdims=True), jnp.finfo(_F32).tiny)
-        return p, jnp.einsum("bnts,bsnh->btnh", p, values, precision=_HIGHEST)
+        return p, jnp.einsum("BNTS,BSNH->BTNH", p, values, precision=_HIGHEST)
 
     real = (q_seg != 0)[:, None, :, None]
-    lc = scale * jnp.einsum("btnh,bmnh->bntm", q, jnp.repeat(kc, g, 2), precision=_HIGHEST)
+    # M = nc compressed blocks, J = ns selection blocks.
+    lc = scale * jnp.einsum("BTNH,BMNH->BNTM", q, jnp.repeat(kc, g, 2), precision=_HIGHEST)
     vis_c = (cpos[:, None, None, :] <= q_pos[:, None, :, None]) & real
     vis_c = vis_c & (cseg[:, None, None, :] == q_seg[:, None, :, None])
     p_cmp, o_cmp = softmax_attend(lc, vis_c, jnp.repeat(vc, g, 2))
@@ -232,7 +214,7 @@ def nsa_reference(params, x, q, k, v, *, settings: NSASettings, q_pos, k_pos,
     toks = np.arange(nc)[:, None] * settings.cmp_stride + np.arange(settings.cmp_block)
     cover = np.zeros((nc, ns), np.float32)
     cover[np.repeat(np.arange(nc), settings.cmp_block), (toks // ls).reshape(-1)] = 1.0
-    score = jnp.einsum("bntm,mj->btnj", lax.stop_gradient(p_cmp), cover, precision=_HIGHEST)
+    score = jnp.einsum("BNTM,MJ->BTNJ", lax.stop_gradient(p_cmp), cover, precision=_HIGHEST)
     score = score.reshape(b, t, kh, g, ns).sum(3)
     own = (jnp.arange(t) // ls)[:, None]
     j = jnp.arange(ns)[None, :]
@@ -246,7 +228,7 @@ def nsa_reference(params, x, q, k, v, *, settings: NSASettings, q_pos, k_pos,
     allowed = jnp.moveaxis(chosen, 2, 1)[..., jnp.arange(s) // ls]  # [B, N, T, S]
     causal = (k_pos[:, None, None, :] <= q_pos[:, None, :, None]) & real
     causal = causal & (kv_seg[:, None, None, :] == q_seg[:, None, :, None])
-    lk = scale * jnp.einsum("btnh,bsnh->bnts", q, jnp.repeat(k, g, 2), precision=_HIGHEST)
+    lk = scale * jnp.einsum("BTNH,BSNH->BNTS", q, jnp.repeat(k, g, 2), precision=_HIGHEST)
     vr = jnp.repeat(v, g, 2)
     _, o_slc = softmax_attend(lk, causal & allowed, vr)
     in_window = k_pos[:, None, None, :] > q_pos[:, None, :, None] - settings.window

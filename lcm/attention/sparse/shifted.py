@@ -1,14 +1,8 @@
 """LongLoRA S²-Attn, shifted sparse attention (Chen et al. 2023, arXiv 2309.12307).
 
-Tokens are split into groups of ``group_size`` positions and attend (causally) only inside their
-group. The first half of the query heads use groups ``[0, G), [G, 2G), ...``; the second half use
-groups shifted by ``G/2``, ``[0, G/2), [G/2, 3G/2), ...``, so information flows between
-neighbouring groups. This is the offset block-diagonal form of LongLoRA's ``forward_flashattn``
-(``dvlab-research/LongLoRA``, ``llama_attn_replace.py``) with half-size first and last shifted
-groups, not the ``roll`` form of ``forward_noflashattn``, whose last group wraps around to the
-first tokens. Both halves are static masks on positions, lowered to tile lists by ``blockwise``
-(``kernel="blockwise"``) or to the block-sparse Pallas kernel's block lists (``kernel="pallas"``).
-LongLoRA uses it for fine-tuning only (``G = T / 4``) and full attention at inference.
+Causal attention inside groups of ``group_size`` positions; the second half of the heads uses
+groups shifted by half a group. The offset block-diagonal form of LongLoRA's
+``forward_flashattn``, as static position masks. See docs/attention.md#s2-attn.
 """
 
 from __future__ import annotations
@@ -40,11 +34,8 @@ class ShiftedChunkedCausal(masks_lib.Mask):
     def visible(self, q, k):
         return self._chunked().visible(q + self.shift, k + self.shift)
 
-    def none_visible(self, q_lo, q_hi, k_lo, k_hi):
-        return self._chunked().none_visible(*(x + self.shift for x in (q_lo, q_hi, k_lo, k_hi)))
-
-    def all_visible(self, q_lo, q_hi, k_lo, k_hi):
-        return self._chunked().all_visible(*(x + self.shift for x in (q_lo, q_hi, k_lo, k_hi)))
+    def box(self, q_lo, q_hi, k_lo, k_hi):
+        return self._chunked().box(*(x + self.shift for x in (q_lo, q_hi, k_lo, k_hi)))
 
 
 def head_masks(mask: masks_lib.Mask, group_size: int) -> tuple[masks_lib.Mask, masks_lib.Mask]:
