@@ -159,7 +159,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 def study_parser(description: str, study: str, *, out_default=True) -> argparse.ArgumentParser:
     """``--out`` (default ``experiments/<study>/results``) and ``--from-results`` (re-render the
     markdown and the plots from the raw results in ``--out``; nothing runs)."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m experiments.{study}.run", description=description
+    )
     parser.add_argument(
         "--out",
         type=pathlib.Path,
