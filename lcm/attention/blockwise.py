@@ -67,7 +67,7 @@ def blockwise_attention(
 
     Blocks longer than the sequence shrink to it (decoding a single query uses ``Cq = 1``).
     The default 128 was the fastest of 64..1024 for causal fwd+bwd at T = 4096, N = 8, H = 64
-    on a 2-core CPU (``experiments/bench_attention.py``); accelerators want larger tiles.
+    on a 2-core CPU (``experiments/bench/attention.py``); accelerators want larger tiles.
     Returns ``(out, lse or None)``.
     """
     static, padded = _setup(

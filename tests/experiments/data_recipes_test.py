@@ -1,4 +1,4 @@
-"""Smoke test of experiments/data_recipes.py at toy size (seconds of training per recipe).
+"""Smoke test of experiments.data_recipes at toy size (seconds of training per recipe).
 
 The script runs in a subprocess, as from the command line: on one CPU device (without the 8
 simulated devices of tests/conftest.py) and without registering its toy corpus in this process.
@@ -13,7 +13,7 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "experiments" / "data_recipes.py"
+MODULE = "experiments.data_recipes.run"
 ALL_RECIPES = ["chunk", "packed", "concat_by_repo", "structured", "untie_knots", "decomposition"]
 
 
@@ -23,10 +23,10 @@ def _run(tmp_path, recipes):
     args += ["--cache_dir", str(tmp_path / "cache"), "--recipes", *recipes]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True, text=True
+        [sys.executable, "-m", MODULE, *args], cwd=REPO, env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = json.loads((out / "data_recipes.json").read_text())
+    rows = json.loads((out / "data_recipes.json").read_text())["rows"]
     assert [r["recipe"] for r in rows] == list(recipes)
     report = (out / "data_recipes.md").read_text()
     assert (out / "data_recipes.png").stat().st_size > 0
@@ -34,8 +34,8 @@ def _run(tmp_path, recipes):
         assert f"| {r['recipe']} |" in report
         assert set(r["perplexity"]) == {"64", "128", "256"}
         assert all(p > 1 for p in r["perplexity"].values()) and r["train_s"] > 0
-    assert "- command: `python experiments/data_recipes.py --toy" in report
-    assert "load" in report and "commit" in report
+    assert f"- Command: `.venv/bin/python -m {MODULE} --toy" in report
+    assert "load" in report and "- Commit: `" in report
     return rows
 
 

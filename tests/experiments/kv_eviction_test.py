@@ -1,4 +1,4 @@
-"""Smoke test of experiments/kv_eviction.py at toy size: a few training steps, one budget.
+"""Smoke test of experiments.kv_eviction at toy size: a few training steps, one budget.
 
 The script runs in a subprocess, as from the command line, on one CPU device.
 """
@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "experiments" / "kv_eviction.py"
 
 
 def test_toy_run_writes_table_plot_and_json(tmp_path):
@@ -19,7 +18,11 @@ def test_toy_run_writes_table_plot_and_json(tmp_path):
     args += ["--budgets", "64", "--out", str(out)]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "experiments.kv_eviction.run", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads((out / "kv_eviction.json").read_text())["rows"]
@@ -29,4 +32,4 @@ def test_toy_run_writes_table_plot_and_json(tmp_path):
     assert all(r["cache_bytes"] < full["cache_bytes"] for r in rows if r["policy"] != "full")
     assert (out / "kv_eviction.png").stat().st_size > 0
     report = (out / "kv_eviction.md").read_text()
-    assert "| h2o | 64 |" in report and "commit" in report
+    assert "| h2o | 64 |" in report and "- Commit: `" in report

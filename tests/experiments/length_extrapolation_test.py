@@ -1,10 +1,10 @@
-"""experiments/length_extrapolation.py: the run plan (fast) and the toy run end to end (slow)."""
+"""experiments.length_extrapolation: the run plan (fast) and the toy run end to end (slow)."""
 
 import json
 
-import length_extrapolation as le
 import pytest
 
+from experiments.length_extrapolation import run as le
 from lcm import config as config_lib
 
 

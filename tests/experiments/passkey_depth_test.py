@@ -1,9 +1,10 @@
-"""experiments/passkey_depth.py: the grid and tables (fast) and the toy run end to end (slow)."""
+"""experiments.passkey_depth: the grid and tables (fast) and the toy run end to end (slow)."""
 
 import numpy as np
-import passkey_depth as pd
 import pytest
 
+from experiments.passkey_depth import configs
+from experiments.passkey_depth import run as pd
 from lcm import config as config_lib
 
 RECORD = {
@@ -31,9 +32,11 @@ def test_tables_average_over_depths_and_skip_missing_cells():
 
 
 def test_every_setting_is_a_valid_eval_config():
-    for setting, grid in pd.EVAL.items():
-        config = pd.length_extrapolation.scheme_config("rope", setting)
-        config_lib.validate(pd.small_runs.override(config, {**grid, "eval.tasks": ("passkey",)}))
+    for setting, grid in configs.EVAL.items():
+        config = config_lib.validate(configs.get_config(f"rope,{setting}"))
+        assert config.eval.tasks == ("passkey",)
+        assert config.eval.lengths == grid["eval.lengths"]
+        assert config.data.batch_size == configs.TUNE[setting]["data.batch_size"]
 
 
 @pytest.mark.slow  # trains 5 tiny models and runs passkey on each: minutes on a shared CPU

@@ -1,6 +1,6 @@
-"""experiments/pod_scale.py: merging new cells into the committed table."""
+"""experiments.pod_scale: merging new cells into the committed table."""
 
-import pod_scale
+from experiments.pod_scale import run as pod_scale
 
 
 def _cell(model, slice_name, seq_len, trains):

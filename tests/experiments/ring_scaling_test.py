@@ -1,24 +1,17 @@
-"""experiments/ring_scaling.py: tile counts against brute force, the fit search, a toy run."""
+"""experiments.ring_scaling: tile counts against brute force, the fit search, a toy run."""
 
-import importlib
-import pathlib
-import sys
+import json
 
 import numpy as np
 import pytest
 
+from experiments.ring_scaling import run as rs_run
 from lcm.attention import ring
-
-_EXPERIMENTS = pathlib.Path(__file__).resolve().parents[2] / "experiments"
 
 
 @pytest.fixture(scope="module")
 def rs():
-    sys.path.insert(0, str(_EXPERIMENTS))
-    try:
-        yield importlib.import_module("ring_scaling")
-    finally:
-        sys.path.remove(str(_EXPERIMENTS))
+    return rs_run
 
 
 def _brute_force_counts(t, devices, layout, block):
@@ -76,5 +69,10 @@ def test_toy_run_writes_report(rs, tmp_path, devices8):
     )  # fmt: skip
     report = (tmp_path / "ring_scaling.md").read_text()
     assert "| 64 | 2 | zigzag |" in report and "| 64 | 1 | contiguous |" in report
+    data = json.loads((tmp_path / "ring_scaling.json").read_text())
+    assert [r["devices"] for r in data["records"]] == [1, 2, 2]
+    assert "- Commit: `" in report
+    rs.main(["--from-results", "--out", str(tmp_path)])
+    assert (tmp_path / "ring_scaling.md").read_text() == report
     assert (tmp_path / "ring_scaling.png").stat().st_size > 0
     assert (tmp_path / "ring_scaling_balance.png").stat().st_size > 0

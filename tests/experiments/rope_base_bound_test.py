@@ -1,9 +1,11 @@
-"""experiments/rope_base_bound.py: the bound table against the paper (fast), toy run (slow)."""
+"""experiments.rope_base_bound: the bound table against the paper (fast), toy run (slow)."""
 
 import pytest
-import rope_base_bound as rbb
 
+from experiments.rope_base_bound import run as rbb
 from lcm import config as config_lib
+
+CONFIG = config_lib.REPO_ROOT / "experiments" / "rope_base_bound" / "configs.py"
 
 
 def test_bound_table_matches_the_paper_at_1k_and_keeps_b_nonnegative():
@@ -15,13 +17,13 @@ def test_bound_table_matches_the_paper_at_1k_and_keeps_b_nonnegative():
 
 
 def test_configs_differ_only_in_the_base_and_bases_straddle_the_bound():
-    low, *_, high = (config_lib.load_config(f"{rbb.CONFIG}:{b:g}") for b in (1e2, 1e3, 1e4))
+    low, *_, high = (config_lib.load_config(f"{CONFIG}:{b:g}") for b in (1e2, 1e3, 1e4))
     assert (low.model.positional.base, high.model.positional.base) == (1e2, 1e4)
     low.unlock()
     low.model.positional.base = 1e4
     assert low.to_json() == high.to_json()
     bound = rbb.base_bound.min_base(high.seq_len, high.model.head_dim)
-    assert rbb.SETTINGS["default"]["bases"] == (1e2, 1e3, 1e4) and 1e3 < bound < 1e4
+    assert rbb.PLAN["default"]["bases"] == (1e2, 1e3, 1e4) and 1e3 < bound < 1e4
     assert rbb._first_negative(1e2, 256, 32) == "m = 28"
     assert rbb._first_negative(1e4, 256, 32) == "none up to 256"
 
