@@ -35,7 +35,7 @@ def get_config() -> ConfigDict:
     config.model.scale_tied_logits = True  # tied logits / sqrt(d_model); HF checkpoints: False
     config.model.logit_scale = 1.0  # multiplies the output logits (HF Cohere2 logit_scale)
     config.model.loss_chunk = 2048  # positions per output-head chunk in train/eval loss; 0 = all
-    # Hugging Face model directory (config.json + safetensors, lcm.model.hf); when set, scripts
+    # Hugging Face model directory (config.json + safetensors, lcm.hf); when set, scripts
     # take the model fields and initial weights from it.
     config.model.hf_path = config_dict.placeholder(str)
     config.model.dtype = "float32"  # compute dtype: float32 | bfloat16

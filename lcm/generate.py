@@ -17,11 +17,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lcm import config as config_lib
-from lcm import inference
+from lcm import hf, inference
 from lcm import model as model_lib
 from lcm.data.tokenizers import load_tokenizer
 from lcm.eval import runner
-from lcm.model import hf
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding checkpoints.")

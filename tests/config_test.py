@@ -291,6 +291,20 @@ def test_every_config_validates(path):
             "of positional scheme(s) alibi; allowed here: 'blockwise'",
         ),
         (
+            {
+                "model__positional__name": "alibi",
+                "model__attention__impl": "sink_window",
+                "model__attention__sparse_kernel": "pallas",
+            },
+            "config.model.attention.sparse_kernel = 'pallas': 'pallas' cannot run the logits "
+            "hook of positional scheme(s) alibi; allowed here: 'blockwise'",
+        ),
+        (
+            {"model__attention__impl": "moba", "model__attention__sparse_dense_last": 2},
+            "config.model.attention.sparse_dense_last = 2: must be a multiple of the layer "
+            "schedule's period 1 and below model.num_layers = 2",
+        ),
+        (
             {"model__attention__impl": "ring", "mesh__shape": (2, 1, 4, 1), "seq_len": 128 + 4},
             "config.seq_len = 132: must be a multiple of 8 for the 'zigzag' ring layout over "
             "mesh axis 'context' of size 4",

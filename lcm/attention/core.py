@@ -21,6 +21,9 @@ from lcm.attention import masks as masks_lib
 from lcm.registry import Registry
 
 ATTENTION = Registry("attention")
+# Implementations that cut the sequence into block_q x block_kv tiles (their ``attend`` options
+# ``block_q`` / ``block_kv``): the sequence lengths they see must be multiples of both.
+TILED_IMPLS = ("blockwise", "pallas", "ring")
 
 
 @dataclasses.dataclass(frozen=True)

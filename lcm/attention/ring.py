@@ -32,6 +32,11 @@ LAYOUTS = ("contiguous", "striped", "zigzag")
 INNER = {"blockwise": blockwise.ring_tiles, "pallas": pallas.ring_tiles}
 
 
+def layout_chunks(layout: str | None, num_shards: int) -> int:
+    """How many equal chunks a ring ``layout`` cuts the sequence into (zigzag: 2 per shard)."""
+    return num_shards * (2 if layout == "zigzag" else 1)
+
+
 def _rotate(axis_name: str, n: int, *xs):
     perm = [(i, (i + 1) % n) for i in range(n)]
     return tuple(jax.lax.ppermute(x, axis_name, perm) for x in xs)
@@ -114,7 +119,7 @@ def layout_permutation(length: int, num_shards: int, layout: str) -> np.ndarray:
     """
     if layout not in LAYOUTS:
         raise ValueError(f"ring layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
-    chunks = num_shards * (2 if layout == "zigzag" else 1)
+    chunks = layout_chunks(layout, num_shards)
     if length % chunks:
         raise ValueError(
             f"sequence length {length} must be a multiple of {chunks} for the {layout!r} "
@@ -185,7 +190,7 @@ def ring_impl(
             f"(lcm.parallel.sharding.use_mesh); got axes {tuple(mesh.axis_names)}"
         )
     n = mesh.shape[axis_name]
-    chunks = n * (2 if layout == "zigzag" else 1)
+    chunks = layout_chunks(layout, n)
     if layout is not None and layout not in LAYOUTS:
         raise ValueError(f"ring layout = {layout!r}; allowed: {', '.join(LAYOUTS)}")
     for name, x in (("query length T", q), ("key length S", k)):

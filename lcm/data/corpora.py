@@ -5,7 +5,7 @@ sorted by name, ``manifest`` a JSON-able dict that identifies the exact content 
 ``"sha256"`` keys the token cache) and is logged with every run. Corpora are registered in
 ``CORPORA`` under the names ``config.data.corpus`` uses; each entry is called with the
 ``config.data`` block. Synthetic tasks (passkey, RULER-style generators) register here too, in a
-module that ``lcm/data/__init__.py`` imports (``lcm.config`` validates ``config.data.corpus``
+module that ``lcm/data/__init__.py`` imports (``lcm.data.checks`` validates ``config.data.corpus``
 against ``CORPORA.names()``)::
 
     @CORPORA.register("passkey")

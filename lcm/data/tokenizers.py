@@ -25,6 +25,7 @@ from typing import Protocol
 import numpy as np
 
 BYTE_VOCAB_SIZE = 256
+SUFFIXES = (".model", ".json")  # a SentencePiece model, a Hugging Face tokenizer.json
 
 
 class Tokenizer(Protocol):
@@ -118,7 +119,7 @@ def load_tokenizer(spec: str) -> Tokenizer:
     if spec == "byte":
         return ByteTokenizer()
     path = pathlib.Path(str(spec)).expanduser()
-    if path.suffix not in (".model", ".json") or not path.is_file():
+    if path.suffix not in SUFFIXES or not path.is_file():
         raise ValueError(
             f"config.data.tokenizer = {spec!r}: allowed: 'byte', an existing SentencePiece "
             "*.model file or an existing Hugging Face tokenizer.json (*.json) file"

@@ -27,10 +27,10 @@ import jax.numpy as jnp
 
 from lcm import config as config_lib
 from lcm import data as data_lib
+from lcm import hf
 from lcm import model as model_lib
 from lcm.data import synthetic
 from lcm.eval import perplexity, plots, tasks
-from lcm.model import hf
 from lcm.parallel import mesh as mesh_lib
 from lcm.train import checkpoint, optimizer
 from lcm.train import state as state_lib

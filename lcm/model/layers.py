@@ -55,7 +55,7 @@ class LayerNorm(RMSNorm):
         return centered * jax.lax.rsqrt(variance + self.eps)
 
 
-# config.model.norm -> the residual-stream norm (lcm.config.NORMS lists the same names).
+# config.model.norm -> the residual-stream norm (the names lcm.model.checks allows).
 NORMS = {"rms": RMSNorm, "layernorm": LayerNorm}
 
 

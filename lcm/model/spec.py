@@ -2,7 +2,8 @@
 
 Every module gets the spec (flax lm1b's ``TransformerConfig`` pattern) instead of a dozen
 threaded keyword arguments. ``build_spec`` is where scheme x attention-implementation
-compatibility is checked, so a bad pairing fails before anything is traced.
+compatibility is checked, so a bad pairing fails before anything is traced; ``lcm.config.validate``
+reports its errors with the rest (``lcm.model.checks``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ml_collections import FrozenConfigDict
 from lcm import attention as attention_lib
 from lcm import positional as positional_lib
 from lcm.attention import sparse as sparse_lib
-from lcm.config import TILED_IMPLS
+from lcm.attention.core import TILED_IMPLS
 from lcm.positional.schedule import LayerSpec, layer_specs
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -115,7 +116,9 @@ def build_spec(config, *, attention_impl: str | None = None) -> ModelSpec:
 
     Raises:
       ValueError: when a layer's positional scheme needs something the attention
-        implementation lacks (e.g. a logits hook on an implementation without custom logits).
+        implementation lacks (e.g. a logits hook on an implementation without custom logits),
+        or the dense tail does not fit the layer schedule. A message that starts with
+        ``config.`` names the key itself; the others are about the attention implementation.
     """
     m = config.model
     impl = attention_impl or m.attention.impl
@@ -168,13 +171,23 @@ def build_spec(config, *, attention_impl: str | None = None) -> ModelSpec:
     return spec
 
 
+# Attention options that pick the kernel computing an implementation's tiles: their config keys
+# and allowed values.
+_TILE_KERNEL_OPTIONS = {
+    "inner": ("ring_inner", tuple(attention_lib.ring.INNER)),
+    "kernel": ("sparse_kernel", sparse_lib.kernel_slots.KERNELS),
+}
+
+
 def _check_impl(spec: ModelSpec, m, impl: str) -> None:
     """Raises ``ValueError`` when ``impl`` cannot serve some layer of ``spec``."""
+    hooked = set()
     for layer in spec.period_layers:
         scheme = spec.build_positional(layer)
         needs = ["segments"]
         if scheme.logits_fn is not None:
             needs.append("custom_logits")
+            hooked.add(layer.positional)
         if m.num_heads != m.num_kv_heads:
             needs.append("gqa")
         by = f"positional scheme {layer.positional!r} (layer mask {layer.mask!r})"
@@ -184,3 +197,21 @@ def _check_impl(spec: ModelSpec, m, impl: str) -> None:
                                  "and has no logits hook")  # fmt: skip
             continue
         attention_lib.check_capabilities(impl, needs, by=by)
+    # A tiled implementation running its tiles on another one (ring's inner, a sparse method's
+    # kernel) runs a logits hook only where that one can (the Pallas kernels cannot).
+    options = dict(spec.attention_options)
+    for option, (key, kernels) in _TILE_KERNEL_OPTIONS.items():
+        kernel = options.get(option)
+        if not hooked or kernel not in attention_lib.ATTENTION:
+            continue
+        able = [k for k in kernels if _runs_hooks(k)]
+        if not _runs_hooks(kernel):
+            raise ValueError(
+                f"config.model.attention.{key} = {kernel!r}: {kernel!r} cannot run the logits "
+                f"hook of positional scheme(s) {', '.join(sorted(hooked))}; allowed here: "
+                f"{', '.join(repr(k) for k in able)}"
+            )
+
+
+def _runs_hooks(impl: str) -> bool:
+    return attention_lib.ATTENTION.get(impl).capabilities.custom_logits

@@ -24,9 +24,8 @@ import jax.numpy as jnp
 from kernels_pallas import common as kernels_common
 from lcm import attention as attention_lib
 from lcm.attention import sparse as sparse_lib
-from lcm.inference import cache as kv_cache
 from lcm.model import head as head_lib
-from lcm.model import layers
+from lcm.model import kv_cache, layers
 from lcm.model.spec import ModelSpec, mask_for
 from lcm.parallel import sharding
 from lcm.positional.schedule import LayerSpec
@@ -95,8 +94,7 @@ class Attention(nn.Module):
         # Built here so a scheme with parameters (a linen module) becomes a child of this one.
         scheme = s.build_positional(self.layer)
         if self.has_variable("cache", "k"):  # decoding (lcm.inference): attend over the KV cache
-            mask = mask_for(self.layer)
-            out = kv_cache.attend_cached(self, q, kk, v, positions, segment_ids, scheme, mask)
+            out = self.attend_cached(q, kk, v, positions, segment_ids, scheme)
         else:
             q, kk = scheme.rotate(q, kk, positions, positions)
             q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
@@ -105,6 +103,25 @@ class Attention(nn.Module):
         return jnp.einsum(
             "BTNH,NHD->BTD", out, weight("wo", (n, h, d), ("heads", "head_dim", "embed"))
         )
+
+    def attend_cached(self, q, k, v, positions, segment_ids, scheme):
+        """Attention over this layer's ``cache`` collection (``lcm.model.kv_cache``), updated.
+
+        With a ``score`` entry (an eviction policy) the step's attention weights and output are
+        sown into ``intermediates``.
+        """
+        names = kv_cache.LAYER_KEYS + (("score",) if self.has_variable("cache", "score") else ())
+        cache = {name: self.get_variable("cache", name) for name in names}
+        mask = mask_for(self.layer)
+        out, updated, weights = kv_cache.attend_cached(
+            self.spec, cache, q, k, v, positions, segment_ids, scheme, mask
+        )
+        for name, value in updated.items():
+            self.put_variable("cache", name, value)
+        if weights is not None:
+            self.sow("intermediates", "weights", weights)
+            self.sow("intermediates", "out", out.astype(jnp.float32))
+        return out
 
     def mix(self, x, q, k, v, positions, segment_ids, scheme):
         """Attention proper: ``lcm.attention.attend`` with the configured implementation."""

@@ -150,7 +150,7 @@ class RoPE:
     def from_config(cls, config, *, num_heads: int, head_dim: int) -> RoPE:
         del num_heads
         rope_type = config.rope_scaling.rope_type
-        # Only the keys this rope_type reads (lcm.config rejects others set to non-defaults).
+        # Only the keys this rope_type reads (lcm.positional.checks rejects the others).
         used = {key: config.rope_scaling[key] for key in SCALING_KEYS.get(rope_type, ())}
         return cls(
             head_dim=head_dim,

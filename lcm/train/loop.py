@@ -28,8 +28,8 @@ from jax.experimental import multihost_utils
 
 from lcm import config as config_lib
 from lcm import data as data_lib
+from lcm import hf
 from lcm.attention import ring
-from lcm.model import hf
 from lcm.parallel import mesh as mesh_lib
 from lcm.parallel import sharding
 from lcm.train import checkpoint, health, metrics, optimizer, program

@@ -75,7 +75,7 @@ def _place(x, abstract, sharding):
 
 
 def state_from_params(params, tx, abstract: TrainState, shardings) -> TrainState:
-    """A step-0 state holding given ``params`` (e.g. ``lcm.model.hf.load_sharded``'s, or a
+    """A step-0 state holding given ``params`` (e.g. ``lcm.hf.load_sharded``'s, or a
     restored checkpoint's), cast to the parameter dtypes of ``abstract``, in ``shardings``.
 
     Params already in ``shardings.params`` are used as they are: the jitted initializer only

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from lcm import config as config_lib
+from lcm import hf
 from lcm import model as model_lib
 from lcm.eval import runner
-from lcm.model import hf
 
 from .conftest import TINY
 

@@ -8,6 +8,7 @@ import pytest
 from lcm import attention, positional
 from lcm.inference import cache as cache_lib
 from lcm.inference import decoding
+from lcm.model import kv_cache
 from tests.inference.conftest import init_params, make_config
 
 
@@ -30,8 +31,8 @@ def test_weights_times_values_equal_reference_attention(hook):
     kwargs = dict(q_pos=q_pos, k_pos=k_pos, logits_fn=logits_fn)
     want = attention.attend(q, k, v, mask=mask, impl="reference", q_segment_ids=q_seg,
                             kv_segment_ids=k_seg, **kwargs)  # fmt: skip
-    w = cache_lib.attention_weights(q, k, mask=mask, q_seg=q_seg, kv_seg=k_seg, scale=h**-0.5,
-                                    **kwargs)  # fmt: skip
+    w = kv_cache.attention_weights(q, k, mask=mask, q_seg=q_seg, kv_seg=k_seg, scale=h**-0.5,
+                                   **kwargs)  # fmt: skip
     got = jnp.einsum("bkgts,bskh->btkgh", w.reshape(b, kh, n // kh, t, s), v).reshape(want.shape)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(w.sum(-1)[:, :, :2], 1.0, rtol=1e-6)

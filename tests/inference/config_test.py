@@ -19,8 +19,8 @@ from tests.config_test import _base
         ),
         (
             {"inference__cache_policy": "lru", "inference__budget": 8},
-            "config.inference.cache_policy = 'lru': allowed: 'streaming_llm', 'h2o', 'snapkv', "
-            "'caote'",
+            "config.inference.cache_policy = 'lru': allowed: 'caote', 'h2o', 'snapkv', "
+            "'streaming_llm'",
         ),
         (
             {"inference__budget": 8},

@@ -35,7 +35,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from lcm.data import tokenizers
-from lcm.model.hf.mapping import config_from_hf, hf_config, read_config
+from lcm.hf.mapping import config_from_hf, hf_config, read_config
 from lcm.model.spec import build_spec
 from lcm.model.transformer import Transformer
 

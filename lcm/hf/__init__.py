@@ -47,14 +47,14 @@ Weights (``safetensors``, no torch; one ``model.safetensors`` or several files w
   the tensors go to ``model-0000i-of-0000N.safetensors`` files with Hugging Face's index.
 """
 
-from lcm.model.hf.mapping import FAMILIES as FAMILIES
-from lcm.model.hf.mapping import config_from_hf as config_from_hf
-from lcm.model.hf.mapping import hf_config as hf_config
-from lcm.model.hf.mapping import read_config as read_config
-from lcm.model.hf.merge import checkpoint_config as checkpoint_config
-from lcm.model.hf.merge import with_checkpoint as with_checkpoint
-from lcm.model.hf.weights import load as load
-from lcm.model.hf.weights import load_config as load_config
-from lcm.model.hf.weights import load_sharded as load_sharded
-from lcm.model.hf.weights import load_tokenizer as load_tokenizer
-from lcm.model.hf.weights import save as save
+from lcm.hf.mapping import FAMILIES as FAMILIES
+from lcm.hf.mapping import config_from_hf as config_from_hf
+from lcm.hf.mapping import hf_config as hf_config
+from lcm.hf.mapping import read_config as read_config
+from lcm.hf.merge import checkpoint_config as checkpoint_config
+from lcm.hf.merge import with_checkpoint as with_checkpoint
+from lcm.hf.weights import load as load
+from lcm.hf.weights import load_config as load_config
+from lcm.hf.weights import load_sharded as load_sharded
+from lcm.hf.weights import load_tokenizer as load_tokenizer
+from lcm.hf.weights import save as save

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ml_collections import ConfigDict
 
 from lcm.config import base_config
-from lcm.model.hf.weights import load, load_config
+from lcm.hf.weights import load, load_config
 
 # Fields a checkpoint's weights fix: a config that sets them differently cannot use the weights.
 _ARCHITECTURE = (

@@ -1,6 +1,6 @@
 """Hugging Face ``config.json`` <-> lcm ``config.model``, both directions, with every refusal.
 
-See ``lcm.model.hf`` for the families and the mapping rules.
+See ``lcm.hf`` for the families and the mapping rules.
 """
 
 from __future__ import annotations

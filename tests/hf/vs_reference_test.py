@@ -1,7 +1,7 @@
-"""lcm.model.hf against transformers (the reference): logits, gradients, save round trips.
+"""lcm.hf against transformers (the reference): logits, gradients, save round trips.
 
 Tiny random models of every supported family are built with transformers (CPU torch, float32),
-saved with ``save_pretrained`` and loaded by ``lcm.model.hf.load``; logits on the same tokens
+saved with ``save_pretrained`` and loaded by ``lcm.hf.load``; logits on the same tokens
 must agree to 1e-4 relative, including every ``rope_scaling`` type at lengths past
 ``original_max_position_embeddings`` and past every sliding window (Cohere2's RoPE-SWA / NoPE
 layers too). ``save`` -> ``from_pretrained`` must give the same logits.
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from lcm import config as config_lib
+from lcm import hf
 from lcm import model as model_lib
-from lcm.model import hf
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -1,4 +1,4 @@
-"""lcm.model.hf: sharded safetensors saves and loading each tensor straight into its sharding.
+"""lcm.hf: sharded safetensors saves and loading each tensor straight into its sharding.
 
 No torch: a tiny lcm model is saved with ``hf.save`` in several files (small
 ``max_shard_bytes``) and read back with ``hf.load_sharded`` onto a (data 2, fsdp 2, tensor 2)
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from lcm import config as config_lib
+from lcm import hf
 from lcm import model as model_lib
-from lcm.model import hf
-from lcm.model.hf import weights
+from lcm.hf import weights
 from lcm.parallel import mesh as mesh_lib
 from lcm.parallel import sharding
 from lcm.train import optimizer
