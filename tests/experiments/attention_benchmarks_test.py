@@ -69,6 +69,7 @@ def test_read_jsonl_tags_committed_results(ab, tmp_path):
     assert ab.read_jsonl(path) == [{"source": "bench_x (committed: 123)", "impl": "moba", "T": 8}]
 
 
+@pytest.mark.slow  # runs the benchmarks; the report is tested above and by from_results_test
 def test_toy_run(ab, tmp_path):
     args = "--lengths 64 --windows 0 --impls blockwise --block 32 --reps 1"
     ab.main(["--sources", "bench_attention", "--arg", "bench_attention", args, "--include",

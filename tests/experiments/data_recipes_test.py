@@ -39,6 +39,7 @@ def _run(tmp_path, recipes):
     return rows
 
 
+@pytest.mark.slow  # the recipes are tested in tests/data; the report by from_results_test
 def test_toy_run_of_one_recipe_writes_the_report(tmp_path):
     _run(tmp_path, ["decomposition"])  # variable batch shapes through train and eval
 

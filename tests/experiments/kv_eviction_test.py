@@ -9,9 +9,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # the policies are tested in tests/inference; the report by from_results_test
 def test_toy_run_writes_table_plot_and_json(tmp_path):
     out = tmp_path / "out"
     args = ["--steps", "4", "--batch-size", "2", "--samples", "1", "--depths", "0.5"]

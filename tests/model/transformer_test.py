@@ -57,8 +57,17 @@ def test_packed_documents_never_attend_across_boundaries():
     [
         {},
         {"positional__name": "alibi"},
-        {"positional__schedule": "rnope_swa", "positional__swa_window": 8, "num_layers": 4},
-        {"qk_norm": True, "tie_embeddings": False, "scan_layers": False},
+        # rnope_swa alone: cohere2_block below runs the same schedule among other changes.
+        pytest.param(
+            {"positional__schedule": "rnope_swa", "positional__swa_window": 8, "num_layers": 4},
+            marks=pytest.mark.slow,
+        ),
+        {"qk_norm": True, "tie_embeddings": False},
+        # slow: unrolled layers compile once per layer (tests/hf runs unscanned layers fast)
+        pytest.param(
+            {"qk_norm": True, "tie_embeddings": False, "scan_layers": False},
+            marks=pytest.mark.slow,
+        ),
         {
             "norm": "layernorm",
             "parallel_block": True,
@@ -69,7 +78,7 @@ def test_packed_documents_never_attend_across_boundaries():
             "num_layers": 4,
         },
     ],
-    ids=["rope", "alibi", "rnope_swa", "qknorm_untied_unrolled", "cohere2_block"],
+    ids=["rope", "alibi", "rnope_swa", "qknorm_untied", "qknorm_untied_unrolled", "cohere2_block"],
 )
 def test_blockwise_matches_reference_logits_and_grads(overrides):
     config = _config(**overrides)
@@ -163,7 +172,13 @@ def test_pallas_model_matches_blockwise():
     )
 
 
-@pytest.mark.parametrize("policy", sorted(set(transformer.REMAT_POLICIES) - {"none"}))
+@pytest.mark.parametrize(
+    "policy",
+    [  # jax's own dots_* policies are slow; full and lcm's attention policies run by default
+        pytest.param(p, marks=pytest.mark.slow) if p.startswith("dots") else p
+        for p in sorted(set(transformer.REMAT_POLICIES) - {"none"})
+    ],
+)
 def test_remat_policies_keep_the_gradients(policy):
     """Remat changes what the backward pass recomputes, never the numbers (blockwise: the flash
     residuals carry the names ``save_attention`` and ``offload_attention`` keep)."""
