@@ -130,15 +130,15 @@ def main(argv) -> None:
     args = parser.parse_args(argv)
     out = args.out / "activation_memory.json"
     if args.from_results:
-        render(json.loads(out.read_text()), args.out)
+        render(common.read_json(out), args.out)
         return
     prov = common.Provenance(MODULE, argv)
     cells = []
     for i, (policy, block) in enumerate(variants()):
         cells.append(run_variant(policy, block))
         print(f"[{i + 1}/{len(variants())}] {json.dumps(cells[-1])}", flush=True)
-    data = {"cells": cells, "provenance": prov.markdown()}
-    out.write_text(json.dumps(data, indent=1) + "\n")
+    data = {"cells": cells, "provenance": prov.finish()}
+    common.write_json(out, data)
     render(data, args.out)
 
 

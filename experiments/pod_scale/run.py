@@ -180,16 +180,16 @@ def main(argv) -> None:
     args = parser.parse_args(argv)
     out = args.out / "pod_scale.json"
     if args.from_results:
-        render(json.loads(out.read_text()), args.out)
+        render(common.read_json(out), args.out)
         return
     prov = common.Provenance(MODULE, argv)
-    old = json.loads(out.read_text()) if args.merge else {"cells": [], "provenance": ""}
+    old = common.read_json(out) if args.merge else {"cells": [], "provenance": ""}
 
     def save(cells, provenance):  # after every cell, so an interrupted run keeps what it did
         if args.merge:
             provenance = f"{old['provenance']}\n\nMerged in:\n\n{provenance}"
         data = {"cells": merged(old["cells"], cells), "provenance": provenance}
-        out.write_text(json.dumps(data, indent=1) + "\n")
+        common.write_json(out, data)
         return data
 
     cells = []
