@@ -4,13 +4,17 @@ Each kind of pluggable part has one instance (``POSITIONAL``, ``ATTENTION``, ...
 package that owns the kind. Implementations register with a decorator, so ``grep register(``
 finds every name a config may use::
 
-    ATTENTION = Registry("attention")
+    ATTENTION = Registry("attention", key="impl")
 
     @ATTENTION.register("blockwise")
-    def blockwise_attention(q, k, v, *, mask, block_q=512, block_kv=512): ...
+    class Blockwise: ...
 
-    fn = ATTENTION.get("blockwise")
-    attn = ATTENTION.build({"name": "blockwise", "block_q": 256})  # calls the factory
+    kind = ATTENTION.get("blockwise")
+    attn = ATTENTION.build(config.model.attention)  # entry.from_config(config block)
+
+``build`` calls the entry's ``from_config(config, **extra)`` when it has one (attention
+implementations and positional schemes read their fields from a shared config block), else the
+entry itself with the block's other fields as kwargs.
 
 Names appear in configs and paper scripts: never rename one, register an alias instead.
 """
@@ -24,8 +28,9 @@ from typing import Any
 class Registry:
     """Maps names to implementations (functions, classes or factories)."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, *, key: str = "name"):
         self.kind = kind
+        self.key = key  # the config field naming the entry (``build``)
         self._entries: dict[str, Any] = {}
 
     def register(self, name: str, *aliases: str) -> Callable[[Any], Any]:
@@ -58,18 +63,22 @@ class Registry:
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
-    def build(self, config: Mapping[str, Any], *, key: str = "name", **extra: Any) -> Any:
-        """Calls the entry named ``config[key]`` with the other fields of ``config`` as kwargs.
+    def build(self, config: Mapping[str, Any], *, name: str | None = None, **extra: Any) -> Any:
+        """Builds the entry named ``config[self.key]`` (or ``name``) from ``config``.
 
-        ``config`` may be a dict or an ``ml_collections.ConfigDict``; ``extra`` kwargs (a mesh,
-        say) are passed through. A misspelled field therefore fails here, at build time, with
-        the factory's own ``TypeError``.
+        An entry with ``from_config`` gets ``from_config(config, **extra)``; any other is called
+        with the other fields of ``config`` as kwargs. ``config`` may be a dict or an
+        ``ml_collections.ConfigDict``; ``extra`` kwargs are passed through. A misspelled field
+        therefore fails here, at build time, with the factory's own ``TypeError``.
         """
         fields = dict(config.items()) if hasattr(config, "items") else dict(config)
-        if key not in fields:
-            raise KeyError(f"{self.kind} config needs a {key!r} field; got {sorted(fields)}")
-        name = fields.pop(key)
-        return self.get(name)(**fields, **extra)
+        if name is None and self.key not in fields:
+            raise KeyError(f"{self.kind} config needs a {self.key!r} field; got {sorted(fields)}")
+        entry = self.get(fields.pop(self.key, None) if name is None else name)
+        if hasattr(entry, "from_config"):
+            return entry.from_config(config, **extra)
+        fields.pop(self.key, None)
+        return entry(**fields, **extra)
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, names={self.names()})"

@@ -287,8 +287,9 @@ def test_every_config_validates(path):
                 "model__attention__impl": "ring",
                 "model__attention__ring_inner": "pallas",
             },
-            "config.model.attention.ring_inner = 'pallas': 'pallas' cannot run the logits hook "
-            "of positional scheme(s) alibi; allowed here: 'blockwise'",
+            "config.model.attention.ring_inner = 'pallas': attention impl 'ring' with inner = "
+            "'pallas' lacks custom_logits, which positional scheme 'alibi' (layer mask 'causal') "
+            "needs; its default inner = 'blockwise' has it",
         ),
         (
             {
@@ -296,8 +297,9 @@ def test_every_config_validates(path):
                 "model__attention__impl": "sink_window",
                 "model__attention__sparse_kernel": "pallas",
             },
-            "config.model.attention.sparse_kernel = 'pallas': 'pallas' cannot run the logits "
-            "hook of positional scheme(s) alibi; allowed here: 'blockwise'",
+            "config.model.attention.sparse_kernel = 'pallas': attention impl 'sink_window' with "
+            "kernel = 'pallas' lacks custom_logits, which positional scheme 'alibi' (layer mask "
+            "'causal') needs; its default kernel = 'blockwise' has it",
         ),
         (
             {"model__attention__impl": "moba", "model__attention__sparse_dense_last": 2},

@@ -13,12 +13,30 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 from hypothesis import settings
 
 jax.config.update("jax_enable_x64", False)
 settings.register_profile("lcm", deadline=None, max_examples=25, derandomize=True)
 settings.load_profile("lcm")
+
+# Attention vs its float32 oracle: tolerance per input dtype, relative to max(largest reference
+# magnitude, 1) per compared array (assert_close). One table for every attention test.
+ATTENTION_TOL = {jnp.float32: 1e-5, jnp.bfloat16: 3e-2}
+
+
+def assert_close(got, want, tol, what=""):
+    """``got`` within ``tol`` of ``want``, relative and absolute to ``max(|want|.max(), 1)``.
+
+    Inputs are unit normal, so 1 is the size of the terms that cancel in a near-zero result (a
+    row that sees one key has dq = 0 up to rounding of O(1) products).
+    """
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    assert np.isfinite(got).all(), f"{what}: non-finite values"
+    scale = max(np.abs(want).max(initial=0.0), 1.0)
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale, err_msg=what)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -48,7 +48,6 @@ from lcm import attention
 from lcm import config as config_lib
 from lcm import model as model_lib
 from lcm.model import head
-from lcm.model.spec import mask_for
 from lcm.parallel import mesh as mesh_lib
 from lcm.parallel import sharding
 from lcm.train import loop, metrics, optimizer
@@ -161,9 +160,8 @@ def _pieces(spec, model, tx, state, batch, steps):
 
     def attention_loss(q, k, v):
         out = attention.attend(
-            q, k, v, mask=mask_for(spec.period_layers[0]), impl=spec.attention_impl,
-            q_pos=pos, k_pos=pos, q_segment_ids=seg, kv_segment_ids=seg,
-            **dict(spec.attention_options),
+            q, k, v, mask=spec.layers[0].mask, impl=spec.attention, q_pos=pos, k_pos=pos,
+            q_segment_ids=seg, kv_segment_ids=seg,
         )  # fmt: skip
         return jnp.vdot(out, ct)
 

@@ -4,11 +4,14 @@
     out = attention.attend(q, k, v, mask=attention.Causal(), impl="blockwise",
                            q_pos=positions, k_pos=positions)
 
+    impl = attention.ATTENTION.build(config.model.attention)  # configured, frozen
+    out = attention.attend(q, k, v, mask=..., impl=impl, q_pos=..., k_pos=...)
+
 Implementations (``ATTENTION.names()``): ``reference`` (dense float32 oracle), ``xla``
 (``jax.nn.dot_product_attention``), ``blockwise`` (flash-style online softmax, skips empty
-tiles), ``ring``, and the sparse methods of ``lcm.attention.sparse`` (``moba``, ``hsa``,
-``s2_attn``, ``sink_window``). ``merge_attention`` combines partial results over disjoint key
-sets.
+tiles), ``pallas``, ``ring``, and the sparse methods of ``lcm.attention.sparse`` (``moba``,
+``hsa``, ``s2_attn``, ``sink_window``, and ``nsa``, which has parameters). ``merge_attention``
+combines partial results over disjoint key sets.
 """
 
 from lcm.attention import blockwise as blockwise
@@ -19,6 +22,8 @@ from lcm.attention import sparse as sparse
 from lcm.attention import xla as xla
 from lcm.attention.core import ATTENTION as ATTENTION
 from lcm.attention.core import Capabilities as Capabilities
+from lcm.attention.core import Implementation as Implementation
+from lcm.attention.core import OptionError as OptionError
 from lcm.attention.core import attend as attend
 from lcm.attention.core import check_capabilities as check_capabilities
 from lcm.attention.masks import Causal as Causal

@@ -46,6 +46,8 @@ class _Static:
         differentiable=True,
         returns_lse=True,
     ),
+    config_keys={"block_q": "block_q", "block_kv": "block_kv"},
+    describe=core.tiled,
 )
 def blockwise_attention(
     q,

@@ -21,6 +21,7 @@ from kernels_pallas.block_sparse import (
     block_sparse_attention,
     block_sparse_attention_bwd,
 )
+from kernels_pallas.common import NUM_LANES, NUM_SUBLANES
 from kernels_pallas.flash import BlockSizes, flash_attention, flash_attention_bwd
 from lcm.attention import core, tiles
 from lcm.attention import masks as masks_lib
@@ -173,6 +174,15 @@ def _forward(arrays, rows, *, mask, scale, cq, ck, interpret=None):
     )  # fmt: skip
 
 
+def describe_tiles(*, block_q: int, block_kv: int, **_) -> dict:
+    """``Implementation`` fields of tiles on these kernels: their TPU tiling wants kv blocks of
+    whole 128-lane vregs and q blocks of 8 sublanes (unless a block covers the sequence)."""
+    return dict(
+        core.tiled(block_q=block_q, block_kv=block_kv),
+        block_multiples=(("block_q", NUM_SUBLANES), ("block_kv", NUM_LANES)),
+    )
+
+
 @core.register(
     "pallas",
     core.Capabilities(
@@ -183,6 +193,8 @@ def _forward(arrays, rows, *, mask, scale, cq, ck, interpret=None):
         differentiable=True,
         returns_lse=True,
     ),
+    config_keys={"block_q": "block_q", "block_kv": "block_kv"},
+    describe=describe_tiles,
 )
 def pallas_attention(
     q,

@@ -24,6 +24,7 @@ _HIGHEST = jax.lax.Precision.HIGHEST
         needs_mesh=False,
         differentiable=True,
         returns_lse=True,
+        decode=True,
     ),
 )
 def reference_attention(

@@ -137,6 +137,16 @@ def layout_permutation(length: int, num_shards: int, layout: str) -> np.ndarray:
     )
 
 
+def _describe(*, axis_name, layout, inner, block_q, block_kv, **_) -> dict:
+    """Ring's tiles, block multiples and logits hook are its inner's; it shards the sequence
+    over ``axis_name`` with tokens in ``layout`` order."""
+    if layout is not None and layout not in LAYOUTS:
+        raise core.OptionError("layout", layout, f"allowed: {', '.join(LAYOUTS)}")
+    fields = core.tiles_on(inner, option="inner", allowed=INNER, block_q=block_q,
+                           block_kv=block_kv)  # fmt: skip
+    return dict(fields, mesh_axis=axis_name, layout=layout or "contiguous")
+
+
 @core.register(
     "ring",
     core.Capabilities(
@@ -147,6 +157,14 @@ def layout_permutation(length: int, num_shards: int, layout: str) -> np.ndarray:
         differentiable=True,
         returns_lse=True,
     ),
+    config_keys={
+        "block_q": "block_q",
+        "block_kv": "block_kv",
+        "axis_name": "ring_axis",
+        "inner": "ring_inner",
+        "layout": "ring_layout",
+    },
+    describe=_describe,
 )
 def ring_impl(
     q,
@@ -179,10 +197,6 @@ def ring_impl(
     (plain JAX, any mask and logits hook) or ``pallas`` (flash / block-sparse kernels, no hook).
     Returns ``(out, lse or None)``.
     """
-    if inner not in INNER:
-        raise ValueError(f"ring inner = {inner!r}; allowed: {', '.join(INNER)}")
-    if inner == "pallas" and logits_fn is not None:
-        raise ValueError("ring inner 'pallas' cannot run a positional logits hook; use 'blockwise'")
     mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
     if mesh.empty or axis_name not in mesh.axis_names:
         raise ValueError(
@@ -191,8 +205,6 @@ def ring_impl(
         )
     n = mesh.shape[axis_name]
     chunks = layout_chunks(layout, n)
-    if layout is not None and layout not in LAYOUTS:
-        raise ValueError(f"ring layout = {layout!r}; allowed: {', '.join(LAYOUTS)}")
     for name, x in (("query length T", q), ("key length S", k)):
         if x.shape[1] % chunks:
             raise ValueError(
@@ -244,6 +256,14 @@ def unpermute(x, layout: str, num_shards: int, axis: int = 1):
     return (
         np.take(x, inverse, axis=axis) if isinstance(x, np.ndarray) else jnp.take(x, inverse, axis)
     )
+
+
+def lay_out_batch(batch: dict, impl: core.Implementation, mesh: jax.sharding.Mesh) -> dict:
+    """A host batch in the token order ``impl`` wants along its mesh axis (``impl.layout``):
+    ``permute_batch`` for ring, the batch itself for implementations without a mesh axis."""
+    if impl.mesh_axis is None:
+        return batch
+    return permute_batch(batch, layout=impl.layout, num_shards=mesh.shape[impl.mesh_axis])
 
 
 def permute_batch(batch: dict, *, layout: str, num_shards: int) -> dict:

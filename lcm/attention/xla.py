@@ -26,6 +26,7 @@ from lcm.attention import masks as masks_lib
         needs_mesh=False,
         differentiable=True,
         returns_lse=False,
+        decode=True,
     ),
 )
 def xla_attention(

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lcm import attention as attention_lib
 from lcm import config as config_lib
 from lcm import data as data_lib
 from lcm import hf
@@ -106,9 +107,10 @@ def evaluate(config, workdir: str, *, log: Callable[[str], None] = print) -> dic
     """Runs the evaluation described by ``config.eval``; returns the results dict."""
     config_lib.validate(config)
     e = config.eval
-    if config.model.attention.impl == "ring":
+    impl = attention_lib.ATTENTION.build(config.model.attention)
+    if impl.capabilities.needs_mesh:
         raise ValueError(
-            "config.model.attention.impl = 'ring': evaluation runs on one device; use "
+            f"config.model.attention.impl = {impl.name!r}: evaluation runs on one device; use "
             "'blockwise' (any length, O(T) memory) or another single-device implementation"
         )
     label = e.label or default_label(config)

@@ -127,7 +127,8 @@ class _Leaf:
 
 def _period(config) -> int:
     """Layers per scanned group (the schedule's period, as the model groups them)."""
-    return len(build_spec(config).period_layers)
+    ((_, period, _), *_) = build_spec(config).stacks()
+    return len(period)
 
 
 def _block_pieces(m, fused: bool, biases: bool) -> dict[tuple[str, ...], _Piece]:

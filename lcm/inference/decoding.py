@@ -27,19 +27,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lcm.attention import sparse as sparse_lib
+from lcm.attention import ATTENTION
 from lcm.inference import cache as cache_lib
 from lcm.inference import policies as policies_lib
 from lcm.inference import sampling
 from lcm.model import spec as spec_lib
 from lcm.model import transformer as transformer_lib
 
-DECODE_IMPLS = ("reference", "xla")
+# Implementations that attend new queries over a KV cache (``Capabilities.decode``).
+DECODE_IMPLS = tuple(n for n in ATTENTION.names() if ATTENTION.get(n).capabilities.decode)
 SCANNED_STACKS = ("layers", "dense_layers")  # lcm.model.transformer's nn.scan names
 
 
 def decode_spec(config) -> spec_lib.ModelSpec:
-    """The model spec for decoding: ``config.inference.attention_impl``, no scan, no remat.
+    """The model spec for decoding: ``config.inference.attention_impl`` over each layer's KV
+    cache, no scan, no remat.
 
     Raises:
       ValueError: for a model whose attention has its own parameters (``nsa``) or an
@@ -50,20 +52,15 @@ def decode_spec(config) -> spec_lib.ModelSpec:
         raise ValueError(
             f"config.inference.attention_impl = {impl!r}; allowed: {', '.join(DECODE_IMPLS)}"
         )
-    trained = config.model.attention.impl
-    if trained in sparse_lib.MODULE_IMPLS:
+    trained = spec_lib.build_spec(config)
+    if any(plan.attention.capabilities.has_params for plan in trained.layers):
         raise ValueError(
-            f"config.model.attention.impl = {trained!r}: its attention has parameters of its "
-            "own, which dense cached decoding cannot use; decoding supports the other impls"
+            f"config.model.attention.impl = {config.model.attention.impl!r}: its attention has "
+            "parameters of its own, which dense cached decoding cannot use; decoding supports "
+            "the other impls"
         )
     spec = spec_lib.build_spec(config, attention_impl=impl)
-    return dataclasses.replace(
-        spec,
-        scan_layers=False,
-        remat_policy="none",
-        dense_impl=impl,
-        dense_options=spec.attention_options,
-    )
+    return spec.for_decoding(spec.attention)
 
 
 def unscan_params(params) -> dict:

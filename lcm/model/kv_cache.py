@@ -72,23 +72,23 @@ def attention_weights(q, k, *, mask, q_pos, k_pos, q_seg, kv_seg, logits_fn, sca
     return p / jnp.where(total > 0, total, 1.0)
 
 
-def attend_cached(spec, cache, q, k, v, positions, segment_ids, scheme, mask):
+def attend_cached(plan, cache, q, k, v, positions, segment_ids):
     """Writes the new ``k, v`` into a layer's ``cache`` and attends ``q`` over the cache.
 
     Args:
-      spec: the model's ``ModelSpec`` (its attention implementation and options).
+      plan: the layer's ``LayerPlan`` (its positional scheme, mask and implementation).
       cache: the layer cache, ``LAYER_KEYS`` (and ``score`` when a policy keeps one).
       q: ``[B, T, N, H]`` new queries, k, v: ``[B, T, K, H]`` new keys and values, all before
         the positional ``rotate``.
       positions, segment_ids: ``[B, T]`` of the new tokens; segment 0 marks padding at the end
         of a chunk (written, not counted in ``length``, overwritten by the next write).
-      scheme: the layer's positional scheme; mask: its attention mask.
 
     Returns:
       ``(out, updated, weights)``: ``[B, T, N, H]`` attention output, the new ``LAYER_KEYS``
       entries, and with a ``score`` entry in ``cache`` the step's float32 attention weights
       ``[B, N, T, C]`` (else None).
     """
+    scheme, mask = plan.scheme, plan.mask
     start = cache["length"]
     rerotate = needs_rerotation(scheme)
     if not rerotate:
@@ -109,13 +109,12 @@ def attend_cached(spec, cache, q, k, v, positions, segment_ids, scheme, mask):
         keys,
         v_all,
         mask=mask,
-        impl=spec.attention_impl,
+        impl=plan.attention,
         q_pos=positions,
         k_pos=pos_all,
         q_segment_ids=segment_ids,
         kv_segment_ids=seg_all,
         logits_fn=scheme.logits_fn,
-        **dict(spec.attention_options),
     )
     new_length = start + jnp.sum(segment_ids[0] != 0).astype(jnp.int32)
     updated = {"k": k_all, "v": v_all, "pos": pos_all, "seg": seg_all, "length": new_length}

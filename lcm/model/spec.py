@@ -1,9 +1,12 @@
 """``ModelSpec``: the frozen, hashable description of a model, built once from ``config.model``.
 
 Every module gets the spec (flax lm1b's ``TransformerConfig`` pattern) instead of a dozen
-threaded keyword arguments. ``build_spec`` is where scheme x attention-implementation
-compatibility is checked, so a bad pairing fails before anything is traced; ``lcm.config.validate``
-reports its errors with the rest (``lcm.model.checks``).
+threaded keyword arguments. Its ``layers`` hold one typed ``LayerPlan`` per layer (positional
+scheme object, mask object, configured attention implementation), built here once, so nothing
+downstream reads ``config.model.positional`` or the ``attention.impl`` string again.
+``build_spec`` is where scheme x attention-implementation compatibility is checked, so a bad
+pairing fails before anything is traced; ``lcm.config.validate`` reports its errors with the
+rest (``lcm.model.checks``).
 """
 
 from __future__ import annotations
@@ -12,15 +15,25 @@ import dataclasses
 from typing import Any
 
 import jax.numpy as jnp
-from ml_collections import FrozenConfigDict
 
 from lcm import attention as attention_lib
 from lcm import positional as positional_lib
-from lcm.attention import sparse as sparse_lib
-from lcm.attention.core import TILED_IMPLS
+from lcm.attention.core import Implementation
 from lcm.positional.schedule import LayerSpec, layer_specs
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPlan:
+    """What one layer does, built once from the config: its positional scheme (a
+    ``lcm.positional`` object; a learned one declares its ``params``), its mask, its attention
+    implementation, and whether it attends over a KV cache (decoding, ``lcm.inference``)."""
+
+    scheme: Any
+    mask: attention_lib.Mask
+    attention: Implementation
+    cached: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,36 +57,39 @@ class ModelSpec:
     remat_policy: str
     dtype: Any
     param_dtype: Any
-    positional: FrozenConfigDict  # config.model.positional, read by lcm.positional.build
-    attention_impl: str
-    attention_options: tuple[tuple[str, Any], ...]  # e.g. (("block_q", 128), ...)
-    period_layers: tuple[LayerSpec, ...]  # one period of the per-layer schedule
-    dense_last: int = 0  # the last layers run dense_impl instead (MoBA keeps its last 3 full)
-    dense_impl: str = "blockwise"
-    dense_options: tuple[tuple[str, Any], ...] = ()
+    layers: tuple[LayerPlan, ...]  # one per layer
+    dense_last: int = 0  # the last layers run the dense implementation (MoBA keeps 3 full)
     loss_chunk: int = 0  # positions per output-head chunk in the loss (lcm.model.head); 0 = all
 
-    def dense_tail(self) -> ModelSpec:
-        """The spec of the last ``dense_last`` layers."""
-        return dataclasses.replace(
-            self,
-            attention_impl=self.dense_impl,
-            attention_options=self.dense_options,
-            dense_last=0,
-        )
+    def stacks(self) -> tuple[tuple[str, tuple[LayerPlan, ...], int], ...]:
+        """``(name, period, repeats)`` of each stack of layers the model scans: the layers,
+        then the ``dense_last`` dense ones; a stack repeats its smallest period."""
+        cut = self.num_layers - self.dense_last
+        parts = (("layers", self.layers[:cut]), ("dense_layers", self.layers[cut:]))
+        out = []
+        for name, plans in parts:
+            if plans:
+                period = plans[: _period(plans)]
+                out.append((name, period, len(plans) // len(period)))
+        return tuple(out)
+
+    @property
+    def attention(self) -> Implementation:
+        """The attention implementation of the (non-dense) layers."""
+        return self.layers[0].attention
 
     @property
     def causal(self) -> bool:
         """Whether every layer is causal (used for FLOP counting)."""
-        return all(layer.mask != "full" for layer in self.period_layers)
+        return all(plan.mask != attention_lib.Full() for plan in self.layers)
 
-    def build_positional(self, layer: LayerSpec):
-        return positional_lib.build(
-            self.positional,
-            num_heads=self.num_heads,
-            head_dim=self.head_dim,
-            name=layer.positional,
+    def for_decoding(self, impl: Implementation) -> ModelSpec:
+        """Every layer on ``impl`` over its KV cache, unscanned (each layer owns its cache
+        entry) and without remat."""
+        layers = tuple(
+            dataclasses.replace(plan, attention=impl, cached=True) for plan in self.layers
         )
+        return dataclasses.replace(self, layers=layers, scan_layers=False, remat_policy="none")
 
 
 def mask_for(layer: LayerSpec) -> attention_lib.Mask:
@@ -91,7 +107,7 @@ def mask_for(layer: LayerSpec) -> attention_lib.Mask:
     return mask
 
 
-def _period(layers: tuple[LayerSpec, ...]) -> int:
+def _period(layers: tuple) -> int:
     """Smallest p dividing the layer count with layer i == layer i % p for every i."""
     n = len(layers)
     for p in range(1, n + 1):
@@ -100,31 +116,43 @@ def _period(layers: tuple[LayerSpec, ...]) -> int:
     return n
 
 
-def _attention_options(attention, impl: str) -> tuple[tuple[str, Any], ...]:
-    """The ``attend`` keyword options of ``impl`` taken from ``config.model.attention``."""
-    options = {}
-    if impl in TILED_IMPLS:
-        options.update(block_q=attention.block_q, block_kv=attention.block_kv)
-    if impl == "ring":
-        options.update(axis_name=attention.ring_axis, inner=attention.ring_inner)
-    options.update(sparse_lib.config_options(attention, impl))
-    return tuple(options.items())
+def _plan(m, layer: LayerSpec, impl: Implementation) -> LayerPlan:
+    scheme = positional_lib.build(
+        m.positional, num_heads=m.num_heads, head_dim=m.head_dim, name=layer.positional
+    )
+    return LayerPlan(scheme, mask_for(layer), impl)
 
 
 def build_spec(config, *, attention_impl: str | None = None) -> ModelSpec:
     """Builds the ``ModelSpec`` of ``config`` (optionally with another attention impl).
 
     Raises:
-      ValueError: when a layer's positional scheme needs something the attention
+      ValueError: when a layer's positional scheme or mask needs something the attention
         implementation lacks (e.g. a logits hook on an implementation without custom logits),
         or the dense tail does not fit the layer schedule. A message that starts with
         ``config.`` names the key itself; the others are about the attention implementation.
     """
     m = config.model
-    impl = attention_impl or m.attention.impl
-    layers = layer_specs(m)
-    period = layers[: _period(layers)]
-    spec = ModelSpec(
+    attention = m.attention
+    impl = _build_attention(attention, attention_impl or attention.impl)
+    specs = layer_specs(m)
+    dense_last = attention.sparse_dense_last
+    if dense_last:
+        p = _period(specs)
+        if dense_last % p or dense_last >= m.num_layers:
+            raise ValueError(
+                f"config.model.attention.sparse_dense_last = {dense_last}: must be a multiple "
+                f"of the layer schedule's period {p} and below model.num_layers = {m.num_layers}"
+            )
+    dense = _build_attention(attention, attention.sparse_dense_impl) if dense_last else None
+    plans = tuple(
+        _plan(m, layer, dense if i >= m.num_layers - dense_last else impl)
+        for i, layer in enumerate(specs)
+    )
+    for plan, layer in zip(plans, specs, strict=True):
+        by = f"positional scheme {layer.positional!r} (layer mask {layer.mask!r})"
+        _check_plan(plan, by=by, gqa=m.num_heads != m.num_kv_heads)
+    return ModelSpec(
         vocab_size=m.vocab_size,
         d_model=m.d_model,
         num_layers=m.num_layers,
@@ -144,74 +172,59 @@ def build_spec(config, *, attention_impl: str | None = None) -> ModelSpec:
         remat_policy=m.remat_policy,
         dtype=DTYPES[m.dtype],
         param_dtype=DTYPES[m.param_dtype],
-        positional=FrozenConfigDict(m.positional),
-        attention_impl=impl,
-        attention_options=_attention_options(m.attention, impl),
-        period_layers=period,
+        layers=plans,
+        dense_last=dense_last,
         loss_chunk=m.loss_chunk,
     )
-    dense_last = m.attention.sparse_dense_last
-    if dense_last:
-        p = len(period)
-        if dense_last % p or dense_last >= m.num_layers:
-            raise ValueError(
-                f"config.model.attention.sparse_dense_last = {dense_last}: must be a multiple "
-                f"of the layer schedule's period {p} and below model.num_layers = {m.num_layers}"
-            )
-        dense_impl = m.attention.sparse_dense_impl
-        spec = dataclasses.replace(
-            spec,
-            dense_last=dense_last,
-            dense_impl=dense_impl,
-            dense_options=_attention_options(m.attention, dense_impl),
-        )
-    _check_impl(spec, m, impl)
-    if dense_last:
-        _check_impl(spec.dense_tail(), m, spec.dense_impl)
-    return spec
 
 
-# Attention options that pick the kernel computing an implementation's tiles: their config keys
-# and allowed values.
-_TILE_KERNEL_OPTIONS = {
-    "inner": ("ring_inner", tuple(attention_lib.ring.INNER)),
-    "kernel": ("sparse_kernel", sparse_lib.kernel_slots.KERNELS),
-}
+def _build_attention(attention, name: str) -> Implementation:
+    """``ATTENTION.build``, with a bad option named by its config key."""
+    try:
+        return attention_lib.ATTENTION.build(attention, name=name)
+    except attention_lib.OptionError as err:
+        kind = attention_lib.ATTENTION.get(name)
+        key = dict(kind.config_keys).get(err.option, err.option)
+        raise ValueError(
+            f"config.model.attention.{key} = {attention.get(key)!r}: {err.message} "
+            f"for model.attention.impl = {name!r}"
+        ) from None
 
 
-def _check_impl(spec: ModelSpec, m, impl: str) -> None:
-    """Raises ``ValueError`` when ``impl`` cannot serve some layer of ``spec``."""
-    hooked = set()
-    for layer in spec.period_layers:
-        scheme = spec.build_positional(layer)
-        needs = ["segments"]
-        if scheme.logits_fn is not None:
-            needs.append("custom_logits")
-            hooked.add(layer.positional)
-        if m.num_heads != m.num_kv_heads:
-            needs.append("gqa")
-        by = f"positional scheme {layer.positional!r} (layer mask {layer.mask!r})"
-        if impl in sparse_lib.MODULE_IMPLS:
-            if scheme.logits_fn is not None or layer.mask != "causal":
-                raise ValueError(f"attention impl {impl!r} cannot serve {by}: it is causal only "
-                                 "and has no logits hook")  # fmt: skip
-            continue
+def _check_plan(plan: LayerPlan, *, by: str, gqa: bool) -> None:
+    """Raises ``ValueError`` when the layer's implementation cannot serve its scheme or mask;
+    when an option took the capability away (ring's ``pallas`` inner runs no logits hook), the
+    message names that option's config key."""
+    needs = ["segments"] + ["gqa"] * gqa
+    if plan.scheme.logits_fn is not None:
+        needs.append("custom_logits")
+    if plan.mask != attention_lib.Causal():
+        needs.append("any_mask")
+    impl = plan.attention
+    try:
         attention_lib.check_capabilities(impl, needs, by=by)
-    # A tiled implementation running its tiles on another one (ring's inner, a sparse method's
-    # kernel) runs a logits hook only where that one can (the Pallas kernels cannot).
-    options = dict(spec.attention_options)
-    for option, (key, kernels) in _TILE_KERNEL_OPTIONS.items():
-        kernel = options.get(option)
-        if not hooked or kernel not in attention_lib.ATTENTION:
+    except ValueError:
+        option = _option_taking(impl, needs)
+        if option is None:
+            raise
+        key, value = impl.config_key(option), impl.option(option)
+        missing = [n for n in needs if not getattr(impl.capabilities, n)]
+        raise ValueError(
+            f"config.model.attention.{key} = {value!r}: attention impl {impl.name!r} with "
+            f"{option} = {value!r} lacks {', '.join(missing)}, which {by} needs; its default "
+            f"{option} = {attention_lib.ATTENTION.get(impl.name).defaults()[option]!r} has it"
+        ) from None
+
+
+def _option_taking(impl: Implementation, needs: list[str]) -> str | None:
+    """The configured option whose default value would give ``impl`` every capability in
+    ``needs``, if there is one."""
+    kind = attention_lib.ATTENTION.get(impl.name)
+    defaults, options = kind.defaults(), dict(impl.options)
+    for option, _ in impl.config_keys:
+        if options[option] == defaults[option]:
             continue
-        able = [k for k in kernels if _runs_hooks(k)]
-        if not _runs_hooks(kernel):
-            raise ValueError(
-                f"config.model.attention.{key} = {kernel!r}: {kernel!r} cannot run the logits "
-                f"hook of positional scheme(s) {', '.join(sorted(hooked))}; allowed here: "
-                f"{', '.join(repr(k) for k in able)}"
-            )
-
-
-def _runs_hooks(impl: str) -> bool:
-    return attention_lib.ATTENTION.get(impl).capabilities.custom_logits
+        other = kind(**{**options, option: defaults[option]})
+        if all(getattr(other.capabilities, n) for n in needs):
+            return option
+    return None

@@ -7,15 +7,17 @@ Activations are ``x [B,T,D]``, ``q [B,T,N,H]``, ``k, v [B,S,K,H]``; positions an
 
 A block is pre-norm: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``, or with
 ``parallel_block`` (GPT-J, Cohere) ``x + attn(norm(x)) + mlp(norm(x))`` from one norm; the norm
-is RMSNorm or bias-free LayerNorm (``config.model.norm``). Which positional scheme and
-which mask each layer uses comes from ``lcm.positional.schedule``; layers are grouped by the
-schedule's period (1 for a uniform model, 4 for RNoPE-SWA's 3 RoPE-window + 1 NoPE-full) and
-``nn.scan`` runs over the groups, so hybrid schedules still compile one group once.
-The model never calls a kernel or ``shard_map``: attention goes through ``lcm.attention.attend``
-with the implementation named in the config.
+is RMSNorm or bias-free LayerNorm (``config.model.norm``). Each layer does what its
+``LayerPlan`` in the spec says (positional scheme, mask, attention implementation); layers are
+grouped by the plans' period (1 for a uniform model, 4 for RNoPE-SWA's 3 RoPE-window + 1
+NoPE-full) and ``nn.scan`` runs over the groups, so hybrid schedules still compile one group
+once. The model never calls a kernel or ``shard_map``: attention goes through
+``lcm.attention.attend`` with the layer's configured implementation.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import flax.linen as nn
 import jax
@@ -23,12 +25,10 @@ import jax.numpy as jnp
 
 from kernels_pallas import common as kernels_common
 from lcm import attention as attention_lib
-from lcm.attention import sparse as sparse_lib
 from lcm.model import head as head_lib
 from lcm.model import kv_cache, layers
-from lcm.model.spec import ModelSpec, mask_for
+from lcm.model.spec import LayerPlan, ModelSpec
 from lcm.parallel import sharding
-from lcm.positional.schedule import LayerSpec
 
 _DENSE_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 
@@ -56,10 +56,14 @@ REMAT_POLICIES = {
 
 
 class Attention(nn.Module):
-    """GQA self-attention: projections, optional QK-norm, positional scheme, ``attend``."""
+    """GQA self-attention: projections, optional QK-norm, positional scheme, ``attend``.
+
+    With ``plan.cached`` (decoding, ``lcm.inference``) it attends over its ``cache``
+    collection instead.
+    """
 
     spec: ModelSpec
-    layer: LayerSpec
+    plan: LayerPlan
 
     @nn.compact
     def __call__(self, x, positions, segment_ids):  # x [B,T,D]
@@ -91,9 +95,14 @@ class Attention(nn.Module):
             )
             q = layers.RMSNorm(name="q_norm", **norm)(q)
             kk = layers.RMSNorm(name="k_norm", **norm)(kk)
-        # Built here so a scheme with parameters (a linen module) becomes a child of this one.
-        scheme = s.build_positional(self.layer)
-        if self.has_variable("cache", "k"):  # decoding (lcm.inference): attend over the KV cache
+        scheme = self.plan.scheme
+        if getattr(scheme, "params", ()):  # a learned scheme: its parameters live here
+            values = {
+                p.name: self.param(p.name, sharding.param(p.init, p.axes), p.shape, p.dtype)
+                for p in scheme.params
+            }
+            scheme = dataclasses.replace(scheme, **values)
+        if self.plan.cached:  # decoding (lcm.inference): attend over the KV cache
             out = self.attend_cached(q, kk, v, positions, segment_ids, scheme)
         else:
             q, kk = scheme.rotate(q, kk, positions, positions)
@@ -112,10 +121,8 @@ class Attention(nn.Module):
         """
         names = kv_cache.LAYER_KEYS + (("score",) if self.has_variable("cache", "score") else ())
         cache = {name: self.get_variable("cache", name) for name in names}
-        mask = mask_for(self.layer)
-        out, updated, weights = kv_cache.attend_cached(
-            self.spec, cache, q, k, v, positions, segment_ids, scheme, mask
-        )
+        plan = dataclasses.replace(self.plan, scheme=scheme)
+        out, updated, weights = kv_cache.attend_cached(plan, cache, q, k, v, positions, segment_ids)
         for name, value in updated.items():
             self.put_variable("cache", name, value)
         if weights is not None:
@@ -124,42 +131,32 @@ class Attention(nn.Module):
         return out
 
     def mix(self, x, q, k, v, positions, segment_ids, scheme):
-        """Attention proper: ``lcm.attention.attend`` with the configured implementation."""
-        del x
+        """Attention proper: the layer's implementation, through ``lcm.attention.attend`` (or,
+        for one with parameters of its own, called here so they become this module's)."""
+        impl = self.plan.attention
+        if impl.capabilities.has_params:  # build_spec admitted only causal, hook-free layers
+            s = self.spec
+            return impl.fn(x, q, k, v, positions, positions, segment_ids, segment_ids,
+                           s.num_heads, s.param_dtype, **dict(impl.options))  # fmt: skip
         return attention_lib.attend(
             q,
             k,
             v,
-            mask=mask_for(self.layer),
-            impl=self.spec.attention_impl,
+            mask=self.plan.mask,
+            impl=impl,
             q_pos=positions,
             k_pos=positions,
             q_segment_ids=segment_ids,
             kv_segment_ids=segment_ids,
             logits_fn=scheme.logits_fn,
-            **dict(self.spec.attention_options),
         )
-
-
-class NSAAttention(Attention):
-    """``Attention`` mixing with NSA (learned compression and gates; ``lcm.attention.sparse``)."""
-
-    def mix(self, x, q, k, v, positions, segment_ids, scheme):
-        del scheme  # build_spec admits only schemes without a logits hook
-        settings = sparse_lib.nsa.NSASettings(**dict(self.spec.attention_options))
-        nsa = sparse_lib.nsa.NSA(settings, self.spec.num_heads, self.spec.param_dtype, name="nsa")
-        return nsa(x, q, k, v, positions, positions, segment_ids, segment_ids)
-
-
-# Attention implementations that are modules with parameters; the rest go through ``attend``.
-ATTENTION_MODULES = {"nsa": NSAAttention}
 
 
 class Block(nn.Module):
     """Pre-norm transformer block (sequential, or parallel with one shared norm)."""
 
     spec: ModelSpec
-    layer: LayerSpec
+    plan: LayerPlan
 
     @nn.compact
     def __call__(self, x, positions, segment_ids):
@@ -167,8 +164,7 @@ class Block(nn.Module):
         norm = dict(dtype=s.dtype, param_dtype=s.param_dtype)
         make_norm = layers.NORMS[s.norm]
         h = make_norm(name="attn_norm", eps=s.norm_eps, **norm)(x)
-        attention = ATTENTION_MODULES.get(s.attention_impl, Attention)
-        attn_out = attention(s, self.layer, name="attn")(h, positions, segment_ids)
+        attn_out = Attention(s, self.plan, name="attn")(h, positions, segment_ids)
         if s.parallel_block:  # attention and MLP both read the one normed input
             x = x + attn_out + layers.MLP(s.mlp_dim, name="mlp", **norm)(h)
         else:
@@ -179,14 +175,15 @@ class Block(nn.Module):
 
 
 class Group(nn.Module):
-    """One period of the layer schedule (the unit ``nn.scan`` repeats)."""
+    """One period of the layer plans (the unit ``nn.scan`` repeats)."""
 
     spec: ModelSpec
+    period: tuple[LayerPlan, ...]
 
     @nn.compact
     def __call__(self, x, positions, segment_ids):
-        for i, layer in enumerate(self.spec.period_layers):
-            x = Block(self.spec, layer, name=f"block{i}")(x, positions, segment_ids)
+        for i, plan in enumerate(self.period):
+            x = Block(self.spec, plan, name=f"block{i}")(x, positions, segment_ids)
         return x, None
 
 
@@ -222,12 +219,8 @@ class Transformer(nn.Module):
         policy = REMAT_POLICIES[s.remat_policy]
         if s.remat_policy != "none":
             group = nn.remat(Group, policy=policy, prevent_cse=not s.scan_layers)
-        # The last ``dense_last`` layers (MoBA keeps its last 3 full) run the dense impl.
-        stacks = [(s, s.num_layers - s.dense_last, "layers")]
-        if s.dense_last:
-            stacks.append((s.dense_tail(), s.dense_last, "dense_layers"))
-        for spec, count, name in stacks:
-            repeats = count // len(spec.period_layers)
+        # The last ``dense_last`` layers (MoBA keeps its last 3 full) are a stack of their own.
+        for name, period, repeats in s.stacks():
             if s.scan_layers:
                 scanned = nn.scan(
                     group,
@@ -237,10 +230,10 @@ class Transformer(nn.Module):
                     length=repeats,
                     metadata_params={nn.PARTITION_NAME: "layers"},
                 )
-                x, _ = scanned(spec, name=name)(x, positions, segment_ids)
+                x, _ = scanned(s, period, name=name)(x, positions, segment_ids)
             else:
                 for r in range(repeats):
-                    x, _ = group(spec, name=f"{name}_{r}")(x, positions, segment_ids)
+                    x, _ = group(s, period, name=f"{name}_{r}")(x, positions, segment_ids)
 
         x = layers.NORMS[s.norm](
             name="final_norm", eps=s.norm_eps, dtype=s.dtype, param_dtype=s.param_dtype

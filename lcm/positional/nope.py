@@ -16,10 +16,8 @@ import dataclasses
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from lcm.parallel import sharding
-from lcm.positional.scheme import POSITIONAL
+from lcm.positional.scheme import POSITIONAL, Param
 
 
 @POSITIONAL.register("nope")
@@ -40,24 +38,33 @@ class NoPE:
 
 
 @POSITIONAL.register("nope_head_scale")
-class NoPEHeadScale(nn.Module):
-    """NoPE with a learned temperature per query head (parameter ``head_scale [N]``)."""
+@dataclasses.dataclass(frozen=True)
+class NoPEHeadScale:
+    """NoPE with a learned temperature per query head (parameter ``head_scale [N]``).
+
+    A learned scheme: it declares ``params`` and the model's attention module creates them and
+    fills the field of the same name (``dataclasses.replace``) before calling ``rotate``.
+    """
 
     num_heads: int
     init_scale: float = 1.6
-    param_dtype: jnp.dtype = jnp.float32
+    head_scale: jax.Array | None = None  # [N], filled by the model
 
     logits_fn = None
 
-    @nn.compact
+    @property
+    def params(self) -> tuple[Param, ...]:
+        init = nn.initializers.constant(self.init_scale)
+        return (Param("head_scale", (self.num_heads,), init, ("heads",)),)
+
     def rotate(self, q: jax.Array, k: jax.Array, q_pos: jax.Array, k_pos: jax.Array):
         """Returns ``(λ_h · q, k)`` for ``q [B,T,N,H]``; positions are unused."""
         del q_pos, k_pos
+        if self.head_scale is None:
+            raise ValueError("nope_head_scale: head_scale is unset (the model fills its params)")
         if q.shape[2] != self.num_heads:
             raise ValueError(f"q has {q.shape[2]} heads; this scheme has {self.num_heads}")
-        init = sharding.param(nn.initializers.constant(self.init_scale), ("heads",))
-        scale = self.param("head_scale", init, (self.num_heads,), self.param_dtype)
-        return q * scale.astype(q.dtype)[:, None], k
+        return q * self.head_scale.astype(q.dtype)[:, None], k
 
     @classmethod
     def from_config(cls, config, *, num_heads: int, head_dim: int) -> NoPEHeadScale:

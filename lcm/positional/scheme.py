@@ -16,6 +16,7 @@ fields of ``config.model.positional`` it needs; ``build`` looks the name up in `
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Protocol
 
 import jax
@@ -27,17 +28,28 @@ POSITIONAL = Registry("positional")
 
 
 class Scheme(Protocol):
-    """What the model uses of a positional scheme."""
+    """What the model uses of a positional scheme (and, for a learned one, ``params``: a tuple
+    of ``Param`` the model creates and fills into the scheme's fields of the same names)."""
 
     logits_fn: Any
 
     def rotate(self, q: jax.Array, k: jax.Array, q_pos: jax.Array, k_pos: jax.Array): ...
 
 
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """A parameter a learned scheme declares: name, shape, initializer, logical axis names."""
+
+    name: str
+    shape: tuple[int, ...]
+    init: Any  # a flax initializer
+    axes: tuple[str, ...]
+    dtype: Any = jnp.float32
+
+
 def build(config: Any, *, num_heads: int, head_dim: int, name: str | None = None) -> Scheme:
     """Builds scheme ``name`` (default ``config.name``) from ``config.model.positional``."""
-    scheme = POSITIONAL.get(config.name if name is None else name)
-    return scheme.from_config(config, num_heads=num_heads, head_dim=head_dim)
+    return POSITIONAL.build(config, name=name, num_heads=num_heads, head_dim=head_dim)
 
 
 def gqa_scores(q: jax.Array, k: jax.Array) -> jax.Array:

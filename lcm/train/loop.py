@@ -26,6 +26,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from lcm import attention as attention_lib
 from lcm import config as config_lib
 from lcm import data as data_lib
 from lcm import hf
@@ -65,16 +66,14 @@ class _StopFlag:
 
 
 def batch_to_device(config, mesh, batch_sharding):
-    """``fn(host batch) -> global device batch``: this host's rows, put in the ring layout.
-
-    With ``impl = "ring"`` tokens are reordered (``config.model.attention.ring_layout``) so
-    causal work is balanced over the ring; nothing else in the step depends on token order.
+    """``fn(host batch) -> global device batch``: this host's rows, in the token order the
+    attention implementation asks for (ring: ``config.model.attention.ring_layout``, so causal
+    work is balanced over the ring); nothing else in the step depends on token order.
     """
-    attention = config.model.attention
-    shards = mesh.shape[attention.ring_axis] if attention.impl == "ring" else 1
+    impl = attention_lib.ATTENTION.build(config.model.attention)
 
     def to_device(batch: dict) -> dict:
-        batch = ring.permute_batch(batch, layout=attention.ring_layout, num_shards=shards)
+        batch = ring.lay_out_batch(batch, impl, mesh)
         return {
             key: jax.make_array_from_process_local_data(batch_sharding, np.asarray(batch[key]))
             for key in step_lib.BATCH_KEYS

@@ -54,13 +54,13 @@ def base_logits(tiny):
 def test_linear_override_divides_the_frequencies_the_model_uses():
     config, _ = _model(**OVERRIDES["linear"])
     spec = model_lib.build_spec(config)
-    scheme = spec.build_positional(spec.period_layers[0])
+    scheme = spec.layers[0].scheme
     h = config.model.head_dim
     plain = 1.0 / config.model.positional.base ** (np.arange(0, h, 2) / h)  # closed form
     np.testing.assert_allclose(scheme.frequencies().inv_freq, plain / 4.0, rtol=1e-6)
     yarn_config, _ = _model(**OVERRIDES["yarn"])
     yarn_spec = model_lib.build_spec(yarn_config)
-    yarn = yarn_spec.build_positional(yarn_spec.period_layers[0]).frequencies()
+    yarn = yarn_spec.layers[0].scheme.frequencies()
     assert not np.allclose(yarn.inv_freq, plain) and yarn.attention_factor > 1.0
 
 

@@ -114,8 +114,9 @@ def test_streaming_llm_decoding_equals_sink_window_mask(rng):
     decoder = decoding.make_decoder(config, cache_policy="streaming_llm", budget=budget)
     got, _ = _run(decoder, decoding.unscan_params(init), tokens, prompt=9)
     spec = model_lib.build_spec(config, attention_impl="reference")
-    window = LayerSpec("rope", "sliding_window", window=budget - 2, sink=2)
-    oracle = model_lib.Transformer(dataclasses.replace(spec, period_layers=(window,)))
+    window = model_lib.mask_for(LayerSpec("rope", "sliding_window", window=budget - 2, sink=2))
+    layers = tuple(dataclasses.replace(plan, mask=window) for plan in spec.layers)
+    oracle = model_lib.Transformer(dataclasses.replace(spec, layers=layers))
     positions = jnp.arange(length, dtype=jnp.int32)[None]
     want = np.asarray(oracle.apply({"params": init}, jnp.asarray(tokens), positions))
     np.testing.assert_allclose(got, want, **TOL)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lcm import attention
 from lcm import config as config_lib
 from lcm import model as model_lib
 from lcm.model import layers, transformer
@@ -122,11 +123,14 @@ def test_parallel_block_and_logit_scale_params_and_logits():
 def test_rnope_swa_groups_layers_by_period():
     config = _config(positional__schedule="rnope_swa", positional__swa_window=8, num_layers=8)
     spec = model_lib.build_spec(config)
-    assert [(x.positional, x.mask) for x in spec.period_layers] == [
-        ("rope", "sliding_window"),
-        ("rope", "sliding_window"),
-        ("rope", "sliding_window"),
-        ("nope", "causal"),
+    ((name, period, repeats),) = spec.stacks()
+    window = attention.SlidingWindow(8)
+    assert (name, repeats) == ("layers", 2)
+    assert [(type(x.scheme).__name__, x.mask) for x in period] == [
+        ("RoPE", window),
+        ("RoPE", window),
+        ("RoPE", window),
+        ("NoPE", attention.Causal()),
     ]
     _, params, _, _ = _init(config)
     # Two scanned repetitions of a 4-block group.
@@ -193,3 +197,25 @@ def test_remat_policies_keep_the_gradients(policy):
     (want_loss, want), (got_loss, got) = grads("none"), grads(policy)
     np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
+
+
+def test_layer_plans_are_built_once_and_traces_build_nothing(monkeypatch):
+    from lcm.positional.rope import RoPE
+
+    built = []
+    original = RoPE.from_config.__func__
+    monkeypatch.setattr(
+        RoPE,
+        "from_config",
+        classmethod(lambda cls, *a, **k: built.append(1) or original(cls, *a, **k)),
+    )
+    config = _config(num_layers=4, scan_layers=False)
+    spec = model_lib.build_spec(config)
+    assert len(built) == 4 and all(isinstance(p.scheme, RoPE) for p in spec.layers)
+    model = model_lib.Transformer(spec)
+    tokens = jnp.zeros((1, 16), jnp.int32)
+    positions = jnp.arange(16, dtype=jnp.int32)[None]
+    params = model.init(jax.random.key(0), tokens, positions)
+    jax.jit(model.apply).lower(params, tokens, positions)
+    assert len(built) == 4  # init and tracing read the plans; nothing rebuilds a scheme
+    assert hash(spec) == hash(model_lib.build_spec(config))  # frozen and hashable: a jit key

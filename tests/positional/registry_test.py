@@ -1,5 +1,7 @@
 """The POSITIONAL registry: every scheme is registered and builds from the base config."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,11 +25,10 @@ def test_every_scheme_builds_from_the_base_config_and_runs(name):
     q = jnp.ones((1, 3, 4, 32))
     k = jnp.ones((1, 3, 2, 32))
     pos = jnp.arange(3, dtype=jnp.int32)[None]
-    if name == "nope_head_scale":
-        variables = scheme.init(jax.random.key(0), q, k, pos, pos, method="rotate")
-        q2, k2 = scheme.apply(variables, q, k, pos, pos, method="rotate")
-    else:
-        q2, k2 = scheme.rotate(q, k, pos, pos)
+    for param in getattr(scheme, "params", ()):  # a learned scheme: filled as the model does
+        value = param.init(jax.random.key(0), param.shape, param.dtype)
+        scheme = dataclasses.replace(scheme, **{param.name: value})
+    q2, k2 = scheme.rotate(q, k, pos, pos)
     assert q2.shape == q.shape and k2.shape == k.shape
     if scheme.logits_fn is not None:
         logits = scheme.logits_fn(q2, k2, pos, pos, scale=32**-0.5)

@@ -8,6 +8,8 @@ of its ``top_k`` chunks with a separate softmax and mixes the outputs by retriev
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -193,7 +195,15 @@ def hsa_reference(
         needs_mesh=False,
         differentiable=True,
         returns_lse=False,
+        any_mask=False,
     ),
+    config_keys={
+        "chunk_size": "sparse_block",
+        "top_k": "sparse_top_k",
+        "weighting": "hsa_weighting",
+        "kernel": "sparse_kernel",
+    },
+    describe=functools.partial(kernel_slots.describe_blocks, block_option="chunk_size"),
 )
 def _hsa_impl(
     q,

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels_pallas.block_sparse import BlockLists, block_sparse_attention
+from kernels_pallas.common import NUM_LANES
 from kernels_pallas.mask import PARTIAL, PositionalMask
 from lcm.attention import core, pallas
 from lcm.attention.sparse import gathered
@@ -24,6 +25,20 @@ KERNELS = ("blockwise", "pallas")  # how sparse methods compute their selected b
 def check_kernel(kernel: str, method: str) -> None:
     if kernel not in KERNELS:
         raise ValueError(f"{method} kernel = {kernel!r}; allowed: {', '.join(KERNELS)}")
+
+
+def describe_blocks(*, kernel: str, block_option: str, **_) -> dict:
+    """``Implementation`` fields of a method gathering key blocks of option ``block_option``:
+    on the Pallas kernel a block spans whole 128-lane vregs (or all keys)."""
+    if kernel not in KERNELS:
+        raise core.OptionError("kernel", kernel, f"allowed: {', '.join(KERNELS)}")
+    return dict(block_multiples=((block_option, NUM_LANES),) if kernel == "pallas" else ())
+
+
+def describe_tiles(*, kernel: str, block_q: int, block_kv: int, **_) -> dict:
+    """``Implementation`` fields of a method running tiled attention on ``kernel``."""
+    return core.tiles_on(kernel, option="kernel", allowed=KERNELS, block_q=block_q,
+                         block_kv=block_kv)  # fmt: skip
 
 
 def pick(kernel: str, interpret=None):

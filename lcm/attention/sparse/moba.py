@@ -8,6 +8,8 @@ the key row; for ``T != S`` the key row is laid out by position. See docs/attent
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 from jax import lax
 
@@ -195,7 +197,10 @@ def moba_reference(
         needs_mesh=False,
         differentiable=True,
         returns_lse=True,
+        any_mask=False,
     ),
+    config_keys={"block_size": "sparse_block", "top_k": "sparse_top_k", "kernel": "sparse_kernel"},
+    describe=functools.partial(kernel_slots.describe_blocks, block_option="block_size"),
 )
 def _moba_impl(
     q,

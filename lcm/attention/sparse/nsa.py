@@ -263,3 +263,57 @@ class NSA(nn.Module):
             params, x, q, k, v, settings=st, q_pos=q_pos, k_pos=k_pos,
             q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
         )  # fmt: skip
+
+
+def _describe(**options) -> dict:
+    try:
+        NSASettings(**options)
+    except ValueError as err:  # NSASettings names the option first: "nsa <option> = ..."
+        option = str(err).split()[1]
+        option = option if option in options else "kernel"
+        raise core.OptionError(option, options[option], str(err)) from None
+    return kernel_slots.describe_blocks(kernel=options["kernel"], block_option="slc_block")
+
+
+_D = NSASettings()
+
+
+@core.register(
+    "nsa",
+    core.Capabilities(
+        custom_logits=False,
+        segments=True,
+        gqa=True,
+        needs_mesh=False,
+        differentiable=True,
+        returns_lse=False,
+        any_mask=False,
+        has_params=True,
+    ),
+    config_keys={
+        "cmp_block": "nsa_cmp_block",
+        "cmp_stride": "nsa_cmp_stride",
+        "slc_block": "nsa_slc_block",
+        "slc_top_n": "nsa_top_n",
+        "init_blocks": "nsa_init_blocks",
+        "local_blocks": "nsa_local_blocks",
+        "window": "nsa_window",
+        "kernel": "sparse_kernel",
+    },
+    describe=_describe,
+)
+def nsa_layer(x, q, k, v, q_pos, k_pos, q_segment_ids, kv_segment_ids, num_heads, param_dtype,
+              *, cmp_block: int = _D.cmp_block, cmp_stride: int = _D.cmp_stride,
+              slc_block: int = _D.slc_block, slc_top_n: int = _D.slc_top_n,
+              init_blocks: int = _D.init_blocks, local_blocks: int = _D.local_blocks,
+              window: int = _D.window, query_tile: int = _D.query_tile, chunk: int = _D.chunk,
+              kernel: str = _D.kernel, interpret: Any = _D.interpret):  # fmt: skip
+    """NSA as the model's attention: called inside its linen attention module, so ``NSA``'s
+    parameters become that module's child ``nsa``. Options are ``NSASettings``' fields."""
+    settings = NSASettings(
+        cmp_block=cmp_block, cmp_stride=cmp_stride, slc_block=slc_block, slc_top_n=slc_top_n,
+        init_blocks=init_blocks, local_blocks=local_blocks, window=window,
+        query_tile=query_tile, chunk=chunk, kernel=kernel, interpret=interpret,
+    )  # fmt: skip
+    module = NSA(settings, num_heads, param_dtype, name="nsa")
+    return module(x, q, k, v, q_pos, k_pos, q_segment_ids, kv_segment_ids)

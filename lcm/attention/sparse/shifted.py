@@ -56,6 +56,12 @@ def _check(q, k, group_size):
         raise ValueError(f"s2_attn needs an even number of kv heads or one; got K = {kh}")
 
 
+def _describe(*, group_size, **options) -> dict:
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 2:
+        raise core.OptionError("group_size", group_size, "must be >= 2")
+    return kernel_slots.describe_tiles(**options)
+
+
 @core.register(
     "s2_attn",
     core.Capabilities(
@@ -66,6 +72,13 @@ def _check(q, k, group_size):
         differentiable=True,
         returns_lse=True,
     ),
+    config_keys={
+        "group_size": "sparse_block",
+        "kernel": "sparse_kernel",
+        "block_q": "block_q",
+        "block_kv": "block_kv",
+    },
+    describe=_describe,
 )
 def s2_attention(
     q,
@@ -92,11 +105,6 @@ def s2_attention(
     A positional ``logits_fn`` hook is applied per half (it sees that half's heads).
     """
     _check(q, k, group_size)
-    kernel_slots.check_kernel(kernel, "s2_attn")
-    if kernel == "pallas" and logits_fn is not None:
-        raise ValueError(
-            "s2_attn kernel 'pallas' cannot run a positional logits hook; use kernel 'blockwise'"
-        )
     n, kh = q.shape[2], k.shape[2]
     outs, lses = [], []
     for half, half_mask in enumerate(head_masks(mask, group_size)):

@@ -35,19 +35,43 @@ def sink_window_mask(mask: masks_lib.Mask, *, sink: int, window: int) -> masks_l
         differentiable=True,
         returns_lse=True,
     ),
+    config_keys={
+        "sink": "sink",
+        "window": "recent",
+        "kernel": "sparse_kernel",
+        "block_q": "block_q",
+        "block_kv": "block_kv",
+    },
+    describe=kernel_slots.describe_tiles,
 )
 def sink_window_attention(
-    q, k, v, *, mask, sink: int = 4, window: int = 2048, kernel: str = "blockwise", **kwargs
+    q,
+    k,
+    v,
+    *,
+    mask,
+    q_pos,
+    k_pos,
+    q_segment_ids,
+    kv_segment_ids,
+    logits_fn,
+    scale,
+    return_lse,
+    sink: int = 4,
+    window: int = 2048,
+    kernel: str = "blockwise",
+    block_q: int = 128,
+    block_kv: int = 128,
+    interpret=None,
 ):
     """``attend(..., impl="sink_window", sink=, window=, kernel=)``: ``blockwise`` or ``pallas``
     (which takes ``interpret`` too and cannot run a ``logits_fn`` hook) with the combined mask."""
-    kernel_slots.check_kernel(kernel, "sink_window")
     mask = sink_window_mask(mask, sink=sink, window=window)
+    common = dict(
+        mask=mask, q_pos=q_pos, k_pos=k_pos, q_segment_ids=q_segment_ids,
+        kv_segment_ids=kv_segment_ids, logits_fn=logits_fn, scale=scale, return_lse=return_lse,
+        block_q=block_q, block_kv=block_kv,
+    )  # fmt: skip
     if kernel == "blockwise":
-        return blockwise.blockwise_attention(q, k, v, mask=mask, **kwargs)
-    if kwargs["logits_fn"] is not None:
-        raise ValueError(
-            "sink_window kernel 'pallas' cannot run a positional logits hook; use kernel "
-            "'blockwise'"
-        )
-    return pallas.pallas_attention(q, k, v, mask=mask, **kwargs)
+        return blockwise.blockwise_attention(q, k, v, **common)
+    return pallas.pallas_attention(q, k, v, interpret=interpret, **common)

@@ -1,5 +1,6 @@
 """Sparse methods on the Pallas block-sparse kernel (``sparse_kernel = "pallas"``) against their
-dense references and against the plain-JAX ``gathered.slot_attention``, outputs and gradients.
+dense references (``reference`` with the method's mask where it is one masked softmax) and
+against the plain-JAX ``gathered.slot_attention``, outputs and gradients.
 
 The kernels run in jax's generic Pallas interpreter here (``interpret=True``), which compiles
 about twice as fast as TPU interpret mode; tests/kernels_pallas run the kernel itself in TPU
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from lcm import attention
-from lcm.attention.sparse import gathered, hsa, kernel_slots, moba, nsa
+from lcm.attention.sparse import gathered, hsa, kernel_slots, moba, nsa, shifted
 
 GENERIC = dict(kernel="pallas", interpret=True)
 
@@ -138,34 +139,33 @@ def test_nsa_on_the_kernels_matches_reference(assert_close):
         assert_close(got, exp)
 
 
-def test_sink_window_on_the_kernel_through_the_front_door(inputs, dense, assert_grads_match):
+def test_sink_window_on_the_kernel_through_the_front_door(inputs, assert_grads_match):
     """``impl="sink_window", kernel="pallas"``: the block-sparse adapter with the combined mask;
-    8 decoding queries at the end of a 300-key row."""
+    8 decoding queries at the end of a 300-key row. The oracle is reference with StreamingLLM's
+    mask (the first ``sink`` keys and the last ``window`` up to the query)."""
     q, k, v, pos = inputs(2, 300, 4, 2, 8, seed=15)
     rows, sink, window = slice(292, 300), 3, 50
-    i, j = np.arange(300)[rows, None], np.arange(300)[None, :]
-    rule = ((j < sink) | (i - j < window)) & (j <= i)
-    visible = jnp.asarray(np.broadcast_to(rule, (2, 4, 8, 300)))
+    common = dict(q_pos=pos[:, rows], k_pos=pos)
 
     def fast(qd, k, v):
         return attention.attend(
-            qd, k, v, mask=attention.Causal(), impl="sink_window", q_pos=pos[:, rows],
-            k_pos=pos, sink=sink, window=window, block_q=8, block_kv=128, **GENERIC,
+            qd, k, v, mask=attention.Causal(), impl="sink_window", sink=sink, window=window,
+            block_q=8, block_kv=128, **common, **GENERIC,
         )  # fmt: skip
 
-    assert_grads_match(jax.jit(fast), lambda qd, k, v: dense(qd, k, v, visible), q[:, rows], k, v)
+    def want(qd, k, v):
+        mask = (attention.SlidingWindow(window - 1) | attention.Sink(sink)) & attention.Causal()
+        return attention.attend(qd, k, v, mask=mask, impl="reference", **common)
+
+    assert_grads_match(jax.jit(fast), want, q[:, rows], k, v)
 
 
-def test_s2_attn_on_the_kernel_through_the_front_door(inputs, dense, assert_grads_match):
+def test_s2_attn_on_the_kernel_through_the_front_door(inputs, assert_grads_match):
     """``impl="s2_attn", kernel="pallas"``: each half of the heads on the block-sparse adapter
-    with its (shifted) group mask; the dense rule is LongLoRA's offset block-diagonal form."""
+    with its (shifted) group mask; the oracle is reference per half of the heads with LongLoRA's
+    groups (causal groups, then groups shifted by half a group; see static_test.py)."""
     t, group = 256, 128  # kv blocks of 128 (the kernel's TPU tiling): one group per kv block
     q, k, v, pos = inputs(1, t, 4, 2, 8, seed=16)
-    i = np.arange(t)
-    causal = i[None, :] <= i[:, None]
-    plain = (i[:, None] // group == i[None, :] // group) & causal
-    shift = ((i[:, None] + group // 2) // group == (i[None, :] + group // 2) // group) & causal
-    visible = jnp.asarray(np.stack([plain] * 2 + [shift] * 2)[None])
 
     def fast(q, k, v):
         return attention.attend(
@@ -173,7 +173,17 @@ def test_s2_attn_on_the_kernel_through_the_front_door(inputs, dense, assert_grad
             group_size=group, block_q=64, block_kv=128, **GENERIC,
         )  # fmt: skip
 
-    assert_grads_match(jax.jit(fast), lambda q, k, v: dense(q, k, v, visible), q, k, v)
+    def want(q, k, v):
+        halves = (attention.ChunkedCausal(group), shifted.ShiftedChunkedCausal(group, group // 2))
+        outs = []
+        for i, mask in enumerate(halves):  # query heads 2i, 2i + 1 read kv head i
+            q_i, k_i, v_i = q[:, :, 2 * i : 2 * i + 2], k[:, :, i : i + 1], v[:, :, i : i + 1]
+            outs.append(
+                attention.attend(q_i, k_i, v_i, mask=mask, impl="reference", q_pos=pos, k_pos=pos)
+            )
+        return jnp.concatenate(outs, axis=2)
+
+    assert_grads_match(jax.jit(fast), want, q, k, v)
 
 
 def test_kernel_choice_is_validated(inputs):
@@ -182,7 +192,7 @@ def test_kernel_choice_is_validated(inputs):
         moba.moba_attention(q, k, v, block_size=4, top_k=2, q_pos=pos, k_pos=pos, kernel="triton")
     with pytest.raises(ValueError, match="nsa kernel = 'x'"):
         nsa.NSASettings(kernel="x")
-    with pytest.raises(ValueError, match="cannot run a positional logits hook"):
+    with pytest.raises(ValueError, match=r"kernel=.pallas. cannot serve .* lacks custom_logits"):
         attention.attend(
             q, k, v, mask=attention.Causal(), impl="sink_window", q_pos=pos, k_pos=pos,
             logits_fn=_Hook(), kernel="pallas",

@@ -1,11 +1,14 @@
 """MoBA against its dense transcription of ``moba_attn_varlen_naive`` and hand-made selections."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from lcm import attention
+from lcm.attention import masks
 from lcm.attention.sparse import moba
 
 
@@ -73,7 +76,20 @@ def test_ties_go_to_the_lower_block():
     np.testing.assert_array_equal(ids3[0, 6:, 0, 1:], [[0, 1], [0, 1]])
 
 
-def test_hand_computed_output_and_trailing_partial_block(dense, assert_close):
+@dataclasses.dataclass(frozen=True)
+class _Listed(masks.Mask):
+    """Query position ``i`` sees exactly the key positions ``keys[i]`` (reference's dense path)."""
+
+    keys: tuple[tuple[int, ...], ...]
+
+    def visible(self, q, k):
+        table = np.zeros((len(self.keys), len(self.keys)), bool)
+        for i, ks in enumerate(self.keys):
+            table[i, list(ks)] = True
+        return jnp.asarray(table)[q, k]
+
+
+def test_hand_computed_output_and_trailing_partial_block(assert_close):
     # T = 7: block 3 holds only token 6; its mean (over that one token) is huge but it is later
     # than every other query, so only token 6 (its own block) ever reads it.
     q, k = _hand_case([3.0, 1.0, 2.0, 100.0], 7)
@@ -82,12 +98,9 @@ def test_hand_computed_output_and_trailing_partial_block(dense, assert_close):
     fn = jax.jit(lambda q, k, v: moba.moba_attention(q, k, v, block_size=2, top_k=2, q_pos=pos,
                                                      k_pos=pos))  # fmt: skip
     out = fn(q, k, v)
-    keys = {0: [0], 1: [0, 1], 2: [0, 1, 2], 3: [0, 1, 2, 3], 4: [0, 1, 4], 5: [0, 1, 4, 5]}
-    keys[6] = [0, 1, 6]
-    visible = np.zeros((1, 1, 7, 7), bool)
-    for i, ks in keys.items():
-        visible[0, 0, i, ks] = True
-    assert_close(out, dense(q, k, v, jnp.asarray(visible)))
+    keys = ((0,), (0, 1), (0, 1, 2), (0, 1, 2, 3), (0, 1, 4), (0, 1, 4, 5), (0, 1, 6))
+    want = attention.attend(q, k, v, mask=_Listed(keys), impl="reference", q_pos=pos, k_pos=pos)
+    assert_close(out, want)
 
 
 def test_selection_is_deterministic(inputs):
@@ -116,7 +129,7 @@ def test_front_door(inputs, assert_close):
         return attention.attend(q, k, v, q_pos=np_pos, k_pos=np_pos, **kw)
 
     assert_close(jitted(q, k, v), want)
-    with pytest.raises(ValueError, match="moba mask"):
+    with pytest.raises(ValueError, match=r"moba. cannot serve .* lacks any_mask"):
         attention.attend(q, k, v, mask=attention.Full(), impl="moba", q_pos=pos, k_pos=pos)
     with pytest.raises(ValueError, match="moba top_k = 0"):
         attention.attend(

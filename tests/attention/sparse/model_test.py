@@ -95,7 +95,8 @@ def test_last_layers_dense_per_config():
         config.model.attention[key] = value
     config_lib.validate(config)
     spec = model_lib.build_spec(config)
-    assert spec.dense_tail().attention_impl == "blockwise" and spec.dense_last == 1
+    assert [plan.attention.name for plan in spec.layers] == ["moba", "blockwise"]
+    assert [name for name, _, _ in spec.stacks()] == ["layers", "dense_layers"]
     model = model_lib.Transformer(spec)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, (1, 32)), jnp.int32)
     positions = jnp.arange(32, dtype=jnp.int32)[None]
@@ -127,8 +128,7 @@ def test_sparse_kernel_reaches_each_method(impl):
     )
     config.seq_len = 256
     config_lib.validate(config)
-    options = dict(model_lib.build_spec(config).attention_options)
-    assert options["kernel"] == "pallas"
+    assert model_lib.build_spec(config).attention.option("kernel") == "pallas"
 
 
 @pytest.mark.parametrize(
@@ -137,8 +137,8 @@ def test_sparse_kernel_reaches_each_method(impl):
         (dict(sparse_kernel="triton"), "sparse_kernel = 'triton': allowed: 'blockwise', 'pallas'"),
         (
             dict(impl="moba", sparse_kernel="pallas", sparse_block=64),
-            "sparse_block = 64: must be a multiple of 128 (or >= seq_len) for "
-            "model.attention.sparse_kernel = 'pallas' with model.attention.impl = 'moba'",
+            "sparse_block = 64: must be a multiple of 128 (or >= seq_len) for the Pallas kernel "
+            "of model.attention.impl = 'moba'",
         ),
         (
             dict(impl="nsa", sparse_kernel="pallas"),
