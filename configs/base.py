@@ -88,10 +88,13 @@ def get_config() -> ConfigDict:
     config.model.attention.window = 0  # sliding window (left) size; 0 = unused
     config.model.attention.block_q = 128  # query tile length (blockwise / pallas)
     config.model.attention.block_kv = 128  # key/value tile length (blockwise / pallas)
-    config.model.attention.ring_axis = "context"  # ring: the mesh axis the sequence is sharded on
-    config.model.attention.ring_inner = "blockwise"  # ring: per-step tiles: blockwise | pallas
-    # ring: token order for causal load balance: contiguous | striped | zigzag
-    config.model.attention.ring_layout = "zigzag"
+    # Context parallelism (ring | all_gather | ulysses | usp): the sequence is sharded over
+    # context_axis, each device's attention runs on context_inner's tiles.
+    config.model.attention.context_axis = "context"  # the mesh axis the sequence is sharded on
+    config.model.attention.context_inner = "blockwise"  # per-device tiles: blockwise | pallas
+    # token order for causal load balance: contiguous | striped | zigzag
+    config.model.attention.context_layout = "zigzag"
+    config.model.attention.ulysses_degree = 2  # usp: devices splitting the heads (divides context)
     # Sparse attention (lcm.attention.sparse): moba | hsa | s2_attn | sink_window read these.
     config.model.attention.sparse_block = 512  # moba block, hsa chunk, s2_attn group length
     config.model.attention.sparse_top_k = 3  # moba: blocks per query (own included); hsa: chunks

@@ -165,8 +165,8 @@ def test_every_config_validates(path):
             "for the Pallas kernel",
         ),
         (
-            {"model__attention__ring_layout": "spiral"},
-            "config.model.attention.ring_layout = 'spiral': allowed: 'contiguous', 'striped', "
+            {"model__attention__context_layout": "spiral"},
+            "config.model.attention.context_layout = 'spiral': allowed: 'contiguous', 'striped', "
             "'zigzag'",
         ),
         (
@@ -176,7 +176,7 @@ def test_every_config_validates(path):
         ),
         (
             {"model__attention__impl": "flash"},
-            "config.model.attention.impl = 'flash': allowed: 'blockwise', ",
+            "config.model.attention.impl = 'flash': allowed: 'all_gather', 'blockwise', ",
         ),
         (
             {"model__attention__mask": "diagonal"},
@@ -270,7 +270,7 @@ def test_every_config_validates(path):
             {"model__positional__name": "alibi", "model__attention__impl": "pallas"},
             "config.model.attention.impl = 'pallas': attention impl 'pallas' cannot serve "
             "positional scheme 'alibi' (layer mask 'causal'): it lacks custom_logits; "
-            "implementations that can: blockwise, reference, ring,",
+            "implementations that can: all_gather, blockwise, reference, ring,",
         ),
         (
             {
@@ -285,9 +285,9 @@ def test_every_config_validates(path):
             {
                 "model__positional__name": "alibi",
                 "model__attention__impl": "ring",
-                "model__attention__ring_inner": "pallas",
+                "model__attention__context_inner": "pallas",
             },
-            "config.model.attention.ring_inner = 'pallas': attention impl 'ring' with inner = "
+            "config.model.attention.context_inner = 'pallas': attention impl 'ring' with inner = "
             "'pallas' lacks custom_logits, which positional scheme 'alibi' (layer mask 'causal') "
             "needs; its default inner = 'blockwise' has it",
         ),
@@ -376,6 +376,29 @@ def test_every_config_validates(path):
         (
             {"mesh__shape": (1, 1, 1, 8)},
             "config.model.num_kv_heads = 2: must be a multiple of the mesh tensor size 8",
+        ),
+        (
+            {"model__attention__impl": "ulysses", "mesh__shape": (1, 1, 8, 1)},
+            "config.model.num_heads = 4: 4 heads per device (over mesh axis 'tensor' = 1) must "
+            "be a multiple of the Ulysses degree 8 of model.attention.impl = 'ulysses'",
+        ),
+        (
+            {
+                "model__attention__impl": "usp",
+                "model__attention__ulysses_degree": 3,
+                "mesh__shape": (1, 1, 8, 1),
+            },
+            "config.model.attention.ulysses_degree = 3: must divide the mesh axis 'context' size 8",
+        ),
+        (
+            {"model__attention__impl": "usp", "mesh__shape": (1, 1, 8, 1), "seq_len": 256 + 4},
+            "config.seq_len = 260: must be a multiple of 8 for the 'zigzag' usp layout over "
+            "mesh axis 'context' of size 8",  # zigzag over 4 ring shards (8 chunks) and 8 devices
+        ),
+        (
+            {"model__positional__name": "alibi", "model__attention__impl": "ulysses"},
+            "config.model.attention.impl = 'ulysses': attention impl 'ulysses' cannot serve "
+            "positional scheme 'alibi' (layer mask 'causal'): it lacks per_head_logits",
         ),
         (
             {"data__batch_size": 4, "mesh__shape": (8, 1, 1, 1)},

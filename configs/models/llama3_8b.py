@@ -4,7 +4,7 @@ every chip's batch rows on the fsdp axis. Compile it for a slice before renting 
 
     python -m lcm.compile --config configs/models/llama3_8b.py --topology v5p:4x4x4 \\
         --config.seq_len=131072 --config.data.batch_size=16 \\
-        --config.model.attention.impl=ring --config.model.attention.ring_inner=pallas \\
+        --config.model.attention.impl=ring --config.model.attention.context_inner=pallas \\
         --config.mesh.shape="(1,16,4,1)"
 
 ``configs/models/llama3_2_1b.py`` and ``llama3_70b.py`` change the shape fields only.

@@ -21,7 +21,7 @@ def get_config(arg: str = "full,512"):
     config = config_lib.load_config(str(config_lib.REPO_ROOT / "configs/models/llama3_8b.py"))
     config.seq_len, config.data.batch_size, config.mesh.shape = SEQ_LEN, BATCH, MESH
     m = config.model
-    m.attention.impl, m.attention.ring_inner = "ring", "pallas"
+    m.attention.impl, m.attention.context_inner = "ring", "pallas"
     m.attention.block_q = m.attention.block_kv = block
     m.remat_policy = policy
     return config

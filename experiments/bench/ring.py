@@ -20,7 +20,7 @@ import numpy as np
 
 from experiments.bench import timing
 from lcm import attention
-from lcm.attention import ring
+from lcm.attention import layouts
 from lcm.parallel import mesh as mesh_lib
 from lcm.parallel import sharding
 
@@ -54,7 +54,7 @@ def inputs(t, layout, shards, segments=False):
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((1, t, N, H), dtype=np.float32) for _ in range(3))
     rows = [np.arange(t, dtype=np.int32)[None]] + [np.ones((1, t), np.int32)] * segments
-    return [ring.permute(x, layout, shards) for x in (q, k, v, *rows)]
+    return [layouts.permute(x, layout, shards) for x in (q, k, v, *rows)]
 
 
 def per_device_bytes(fn, args) -> int:
@@ -76,7 +76,7 @@ def main():
     common = {"B": 1, "N": N, "H": H, "dtype": "float32", "mask": "causal", "block": args.block}
     with sharding.use_mesh(mesh):
         fwd, fwd_bwd = fns("ring", args.block)
-        for layout in ring.LAYOUTS:
+        for layout in layouts.LAYOUTS:
             xs = inputs(args.seq, layout, 8)
             record = {"impl": "ring", "devices": 8, "layout": layout, "T": args.seq, **common}
             record["fwd_s"] = timing.median_seconds(fwd, xs, args.reps)

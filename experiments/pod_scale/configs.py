@@ -29,5 +29,5 @@ def get_config(arg: str = "Llama-3-8B,1048576,4,64"):
     config.mesh.shape = (1, batch, context, 1)
     attention = config.model.attention
     if context > 1:
-        attention.impl, attention.ring_inner = "ring", "pallas"
+        attention.impl, attention.context_inner = "ring", "pallas"
     return config

@@ -50,7 +50,7 @@ from jax.sharding import PartitionSpec as P
 from experiments import common
 from experiments.bench import ring as bench_ring
 from experiments.bench import timing
-from lcm.attention import core, masks, ring, tiles
+from lcm.attention import core, layouts, masks, tiles
 from lcm.parallel import mesh as mesh_lib
 from lcm.parallel import sharding
 
@@ -68,7 +68,8 @@ def tile_counts(t: int, devices: int, layout: str, block: int) -> np.ndarray:
     """
     length = t // devices
     c = min(block, length)
-    pos = ring.layout_permutation(t, devices, layout).astype(np.int32).reshape(devices, 1, length)
+    perm = layouts.layout_permutation(t, devices, layout)
+    pos = perm.astype(np.int32).reshape(devices, 1, length)
     # Padded to whole blocks with segment id 0, as blockwise pads.
     ranges = [
         tiles.block_ranges(
@@ -198,7 +199,7 @@ def _plots(records, out: pathlib.Path) -> list[str]:
         rows = [r for r in records if r["devices"] == d and r["layout"] in ("contiguous",)]
         mem_ax.plot([r["T"] for r in rows], [r["bytes_per_device"] / _GIB for r in rows], "o-",
                     label=f"{d} device(s)")  # fmt: skip
-        for layout, style in zip(ring.LAYOUTS, ("o-", "s--", "^:"), strict=True):
+        for layout, style in zip(layouts.LAYOUTS, ("o-", "s--", "^:"), strict=True):
             rows = [r for r in records if r["devices"] == d and r["layout"] == layout]
             if rows:
                 time_ax.plot([r["T"] for r in rows], [r["fwd_bwd_s"] for r in rows], style,
@@ -216,7 +217,7 @@ def _plots(records, out: pathlib.Path) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     t_max = max(r["T"] for r in records)
-    for layout in ring.LAYOUTS:
+    for layout in layouts.LAYOUTS:
         # One device has one layout: it is every curve's starting point.
         rows = [
             r for r in records if r["T"] == t_max and (r["layout"] == layout or r["devices"] == 1)
@@ -296,7 +297,9 @@ def main(argv=None) -> None:
     parser = common.study_parser(__doc__.splitlines()[0], NAME)
     parser.add_argument("--lengths", type=int, nargs="+", default=[768, 1536, 3072, 6144])
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--layouts", nargs="+", choices=ring.LAYOUTS, default=list(ring.LAYOUTS))
+    parser.add_argument(
+        "--layouts", nargs="+", choices=layouts.LAYOUTS, default=list(layouts.LAYOUTS)
+    )
     parser.add_argument("--block", type=int, default=128)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--budget-gib", type=float, default=1.0, help="0: skip the fit search")

@@ -9,16 +9,21 @@
 
 Implementations (``ATTENTION.names()``): ``reference`` (dense float32 oracle), ``xla``
 (``jax.nn.dot_product_attention``), ``blockwise`` (flash-style online softmax, skips empty
-tiles), ``pallas``, ``ring``, and the sparse methods of ``lcm.attention.sparse`` (``moba``,
+tiles), ``pallas``, the context-parallel ``ring``, ``all_gather``, ``ulysses`` and ``usp``
+(``lcm.attention.context``), and the sparse methods of ``lcm.attention.sparse`` (``moba``,
 ``hsa``, ``s2_attn``, ``sink_window``, and ``nsa``, which has parameters). ``merge_attention``
 combines partial results over disjoint key sets.
 """
 
+from lcm.attention import all_gather as all_gather
 from lcm.attention import blockwise as blockwise
+from lcm.attention import context as context
+from lcm.attention import layouts as layouts
 from lcm.attention import pallas as pallas
 from lcm.attention import reference as reference
 from lcm.attention import ring as ring
 from lcm.attention import sparse as sparse
+from lcm.attention import ulysses as ulysses
 from lcm.attention import xla as xla
 from lcm.attention.core import ATTENTION as ATTENTION
 from lcm.attention.core import Capabilities as Capabilities

@@ -1,4 +1,5 @@
-"""``config.model.attention`` checks: implementation names, tiles, ring and sparse options.
+"""``config.model.attention`` checks: implementation names, tiles, context-parallel and sparse
+options.
 
 ``check_config`` checks the block's values, then asks the configured implementation
 (``ATTENTION.build``) for its own option rules, block multiples and tiles; ``check_mesh`` its
@@ -9,8 +10,10 @@ scheme is ``lcm.model.spec.build_spec``'s check.
 
 from __future__ import annotations
 
+import math
+
 from lcm import checks
-from lcm.attention import core, ring
+from lcm.attention import context, core, layouts
 from lcm.attention import sparse as sparse_lib
 from lcm.parallel import mesh as mesh_lib
 
@@ -47,9 +50,10 @@ def tile_message(config, key: str, block: int) -> str:
 def check_config(e: checks.Errors) -> None:
     before = len(e.lines)
     e.one_of(A + "impl", core.ATTENTION.names())
-    e.one_of(A + "ring_axis", mesh_lib.MESH_AXES)
-    e.one_of(A + "ring_layout", ring.LAYOUTS)
-    e.one_of(A + "ring_inner", tuple(ring.INNER))
+    e.one_of(A + "context_axis", mesh_lib.MESH_AXES)
+    e.one_of(A + "context_layout", layouts.LAYOUTS)
+    e.one_of(A + "context_inner", tuple(context.INNER))
+    e.positive_int(A + "ulysses_degree")
     e.positive_int(A + "block_q", A + "block_kv")
     e.positive_int(A + "sparse_block", A + "sparse_top_k", A + "recent")
     e.non_negative_int(A + "sink")
@@ -94,16 +98,30 @@ def check_config(e: checks.Errors) -> None:
 
 
 def check_mesh(e: checks.Errors, sizes: dict[str, int]) -> None:
-    """The sequence split of an implementation that shards it over a mesh axis."""
+    """The sequence (and, for Ulysses, head) split of an implementation that shards the
+    sequence over a mesh axis."""
     seq_len = e.get("seq_len")
     impl = configured(e.config)
     if impl is None or impl.mesh_axis is None or not checks.is_positive_int(seq_len):
         return
-    axis, layout = impl.mesh_axis, impl.layout
-    chunks = ring.layout_chunks(layout, sizes[axis])
+    axis, layout, n = impl.mesh_axis, impl.layout, sizes[impl.mesh_axis]
+    degree = impl.heads_split or n
+    if n % degree:
+        e.fail(A + "ulysses_degree", f"must divide the mesh axis {axis!r} size {n}")
+        return
+    if degree > 1:
+        heads = e.get("model.num_heads") // sizes["tensor"]
+        if heads % degree:
+            e.fail(
+                "model.num_heads",
+                f"{heads} heads per device (over mesh axis 'tensor' = {sizes['tensor']}) must "
+                f"be a multiple of the Ulysses degree {degree} of model.attention.impl = "
+                f"{impl.name!r}",
+            )
+    chunks = math.lcm(n, layouts.layout_chunks(layout, impl.layout_shards(n)))
     if seq_len % chunks:
         e.fail(
             "seq_len",
             f"must be a multiple of {chunks} for the {layout!r} {impl.name} layout over mesh "
-            f"axis {axis!r} of size {sizes[axis]}",
+            f"axis {axis!r} of size {n}",
         )

@@ -44,6 +44,9 @@ class Capabilities:
     any_mask: bool = True  # any ``masks.Mask``; False: causal only (MoBA, HSA, NSA select blocks)
     decode: bool = False  # T new queries over a KV cache of S slots (lcm.inference decodes with it)
     has_params: bool = False  # learned parts of its own: the model calls it, ``attend`` cannot
+    # a logits hook whose logits differ per head (``per_head = True``: ALiBi's slopes); False
+    # where heads are split over devices (Ulysses), so the hook would see local head indices
+    per_head_logits: bool = True
 
 
 CAPABILITY_NAMES = tuple(f.name for f in dataclasses.fields(Capabilities))
@@ -70,7 +73,9 @@ class Implementation:
     - ``block_multiples``: ``(option, m)``: that option must be a multiple of ``m`` (or cover
       the whole sequence) for its kernel's TPU tiling;
     - ``mesh_axis``: the mesh axis it shards the sequence over (``needs_mesh``);
-    - ``layout``: the token order it wants along that axis (``ring.permute_batch``).
+    - ``layout``: the token order it wants along that axis (``layouts.lay_out_batch``);
+    - ``heads_split``: devices along that axis that split the heads by all-to-all (the Ulysses
+      degree; 0: all of them, 1: none); the layout is over ``layout_shards`` shards.
 
     ``fn(q, k, v, *, <ATTEND_ARGS>, **options)`` returns ``(out [B,T,N,H], lse [B,T,N] f32 or
     None)``; with ``has_params`` it is instead a layer function the model calls inside its linen
@@ -86,6 +91,11 @@ class Implementation:
     block_multiples: tuple[tuple[str, int], ...] = ()
     mesh_axis: str | None = None
     layout: str = "contiguous"
+    heads_split: int = 1
+
+    def layout_shards(self, axis_size: int) -> int:
+        """How many shards ``layout`` cuts the sequence into over ``axis_size`` devices."""
+        return axis_size // (self.heads_split or axis_size)
 
     def __call__(self, q, k, v, **kwargs):
         if self.capabilities.has_params:
@@ -313,6 +323,7 @@ def attend(
         name
         for name, wanted in (
             ("custom_logits", logits_fn is not None),
+            ("per_head_logits", getattr(logits_fn, "per_head", False)),
             ("segments", q_segment_ids is not None),
             ("gqa", q.shape[2] != k.shape[2]),
             ("returns_lse", return_lse),

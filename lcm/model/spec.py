@@ -198,6 +198,8 @@ def _check_plan(plan: LayerPlan, *, by: str, gqa: bool) -> None:
     needs = ["segments"] + ["gqa"] * gqa
     if plan.scheme.logits_fn is not None:
         needs.append("custom_logits")
+        if getattr(plan.scheme.logits_fn, "per_head", False):
+            needs.append("per_head_logits")
     if plan.mask != attention_lib.Causal():
         needs.append("any_mask")
     impl = plan.attention

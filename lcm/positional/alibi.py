@@ -34,6 +34,7 @@ class ALiBi:
     """ALiBi as a hashable ``logits`` hook: ``scale · q·k − m_h · |i − j|``."""
 
     num_heads: int
+    per_head = True  # slopes differ per head: needs an implementation with per_head_logits
 
     def __post_init__(self):
         alibi_slopes(self.num_heads)

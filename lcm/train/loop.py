@@ -30,7 +30,7 @@ from lcm import attention as attention_lib
 from lcm import config as config_lib
 from lcm import data as data_lib
 from lcm import hf
-from lcm.attention import ring
+from lcm.attention import layouts
 from lcm.parallel import mesh as mesh_lib
 from lcm.parallel import sharding
 from lcm.train import checkpoint, health, metrics, optimizer, program
@@ -67,13 +67,14 @@ class _StopFlag:
 
 def batch_to_device(config, mesh, batch_sharding):
     """``fn(host batch) -> global device batch``: this host's rows, in the token order the
-    attention implementation asks for (ring: ``config.model.attention.ring_layout``, so causal
-    work is balanced over the ring); nothing else in the step depends on token order.
+    attention implementation asks for (``config.model.attention.context_layout`` for the
+    context-parallel ones, so causal work is balanced over the devices); nothing else in the
+    step depends on token order.
     """
     impl = attention_lib.ATTENTION.build(config.model.attention)
 
     def to_device(batch: dict) -> dict:
-        batch = ring.lay_out_batch(batch, impl, mesh)
+        batch = layouts.lay_out_batch(batch, impl, mesh)
         return {
             key: jax.make_array_from_process_local_data(batch_sharding, np.asarray(batch[key]))
             for key in step_lib.BATCH_KEYS

@@ -14,7 +14,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from lcm import attention
-from lcm.attention import ring
+from lcm.attention import layouts
 from lcm.parallel import mesh as mesh_lib
 from lcm.parallel import sharding
 
@@ -29,7 +29,7 @@ def main(process_id: int, port: int) -> None:
     v = rng.standard_normal((b, t, kh, h), dtype=np.float32)
     pos = np.tile(np.arange(t, dtype=np.int32), (b, 1))
     dout = rng.standard_normal((b, t, n, h), dtype=np.float32)
-    q, k, v, pos, dout = (ring.permute(x, "zigzag", 4) for x in (q, k, v, pos, dout))
+    q, k, v, pos, dout = (layouts.permute(x, "zigzag", 4) for x in (q, k, v, pos, dout))
 
     def attend(impl):
         options = {"block_q": 8, "block_kv": 8} if impl == "ring" else {}

@@ -46,11 +46,13 @@ class SoftCapAlibi:
     """Test-only logits hook: ALiBi-like distance bias (Press et al. 2021) and a tanh soft cap.
 
     The cap makes logits a non-linear function of q.k, so a tiled backward's ``jax.vjp`` of the
-    hook is really exercised; the slopes differ per head.
+    hook is really exercised; the slopes differ per head unless ``per_head`` is False (then
+    implementations that split heads over devices can run it).
     """
 
     slope: float = 0.5
     cap: float = 0.0  # 0 = no cap
+    per_head: bool = True
 
     def __call__(self, q, k, q_pos, k_pos, *, scale):
         b, t, n, h = q.shape
@@ -64,7 +66,7 @@ class SoftCapAlibi:
         logits = scale * dots
         if self.cap:
             logits = self.cap * jnp.tanh(logits / self.cap)
-        slopes = self.slope ** (1.0 + jnp.arange(n, dtype=jnp.float32))
+        slopes = self.slope ** (1.0 + jnp.arange(n, dtype=jnp.float32) * self.per_head)
         distance = jnp.abs(q_pos[:, :, None] - k_pos[:, None, :]).astype(jnp.float32)
         return logits - slopes[None, :, None, None] * distance[:, None]
 
@@ -105,6 +107,7 @@ CASES = (
     Case("unmatched_rows", segments="unmatched", lse=True),
     Case("logits_fn", logits_fn=SoftCapAlibi(), lse=True),
     Case("logits_fn_capped", masks.Full(), t=12, s=16, logits_fn=SoftCapAlibi(0.7, 2.0)),
+    Case("logits_fn_same_heads", logits_fn=SoftCapAlibi(0.7, 2.0, per_head=False), lse=True),
     Case("bf16", dtype=jnp.bfloat16),
     Case("bf16_packed_window", masks.SlidingWindow(3), dtype=jnp.bfloat16, segments="packed"),
 )
@@ -165,8 +168,15 @@ ENTRIES = {
     # TPU interpreter on CPU (jax's generic interpreter): slow, so one default case; the
     # block-sparse kernel and 128-blocks run in tests/attention/pallas_test.py.
     "pallas": Entry(fast=("packed",)),
-    # Ring layouts and the HLO's collectives are checked in tests/attention/ring_test.py.
+    # Context parallelism on (data=2, context=4); layouts and the HLO's collectives are checked
+    # in tests/attention/ring_test.py and context_test.py. Ulysses splits the 4 heads over 4
+    # devices (the 2 or 1 KV heads repeated); usp runs Ulysses over 2 and a ring of 2.
     "ring": Entry(options=dict(block_q=4, block_kv=4), fast=("packed",)),
+    "all_gather": Entry(options=dict(block_q=4, block_kv=4), fast=("packed", "window")),
+    "ulysses": Entry(options=dict(block_q=4, block_kv=4), fast=("packed", "packed_window_mqa")),
+    "usp": Entry(
+        options=dict(block_q=4, block_kv=4, degree=2), fast=("packed", "logits_fn_same_heads")
+    ),
     # StreamingLLM: the first 2 positions and the last 6 up to the query (itself included).
     "sink_window": Entry(
         options=dict(sink=2, window=6, **BLOCKS),
@@ -237,6 +247,7 @@ def grid(name: str) -> list[Case]:
             or (case.segments != "none" and not caps.segments)
             or (case.k != case.n and not caps.gqa)
             or (case.logits_fn is not None and not caps.custom_logits)
+            or (getattr(case.logits_fn, "per_head", False) and not caps.per_head_logits)
             or (caps.needs_mesh and (case.t % RING or case.s % RING))
         ):
             continue

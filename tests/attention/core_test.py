@@ -67,7 +67,9 @@ def test_bad_inputs_raise_before_work(change, message):
 
 
 def test_unknown_impl_lists_valid_names():
-    with pytest.raises(KeyError, match="unknown attention 'flash'; valid names: blockwise"):
+    with pytest.raises(
+        KeyError, match="unknown attention 'flash'; valid names: all_gather, blockwise"
+    ):
         attention.attend(**{**_args(), "impl": "flash"})
 
 
@@ -75,7 +77,7 @@ def test_xla_refuses_custom_logits_and_lse():
     with pytest.raises(
         ValueError,
         match="attention impl 'xla' cannot serve this attend\\(\\) call: it lacks custom_logits; "
-        "implementations that can: blockwise, reference",
+        "implementations that can: all_gather, blockwise, reference",
     ):
         attention.attend(**{**_args(), "impl": "xla", "logits_fn": _Hook()})
     with pytest.raises(ValueError, match=r"'xla' cannot serve .* lacks returns_lse"):

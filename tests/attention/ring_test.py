@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lcm import attention
-from lcm.attention import ring
+from lcm.attention import layouts
 from lcm.parallel import mesh as mesh_lib
 from lcm.parallel import sharding
 
@@ -81,9 +81,9 @@ class _SoftCap:
 def test_ring_matches_reference_outputs_and_grads(
     devices8, layout, mask, logits_fn, shape, axis_types, block, pass_mesh
 ):
-    """Global arrays in the layout's order (``ring.permute``) vs the reference on them."""
+    """Global arrays in the layout's order (``layouts.permute``) vs the reference on them."""
     mesh = _mesh(devices8, axis_types, shape)
-    q, k, v, pos, seg = (ring.permute(x, layout, shape[2]) for x in _inputs())
+    q, k, v, pos, seg = (layouts.permute(x, layout, shape[2]) for x in _inputs())
     options = {"mesh": mesh, "layout": layout} if pass_mesh else {}
     ring_fn = jax.jit(_attend("ring", mask, logits_fn, block_q=block, block_kv=block, **options))
     ref_fn = _attend("reference", mask, logits_fn)
@@ -104,11 +104,11 @@ def test_ring_matches_reference_outputs_and_grads(
 
 def test_permute_and_unpermute_are_inverse():
     x = np.arange(2 * 32).reshape(2, 32)
-    for layout in ring.LAYOUTS:
-        y = ring.permute(x, layout, 4)
-        np.testing.assert_array_equal(ring.unpermute(y, layout, 4), x)
-        np.testing.assert_array_equal(ring.unpermute(jnp.asarray(y), layout, 4), x)
-    np.testing.assert_array_equal(ring.permute(x, "striped", 4)[0, :4], [0, 4, 8, 12])
+    for layout in layouts.LAYOUTS:
+        y = layouts.permute(x, layout, 4)
+        np.testing.assert_array_equal(layouts.unpermute(y, layout, 4), x)
+        np.testing.assert_array_equal(layouts.unpermute(jnp.asarray(y), layout, 4), x)
+    np.testing.assert_array_equal(layouts.permute(x, "striped", 4)[0, :4], [0, 4, 8, 12])
 
 
 @pytest.mark.multidevice
@@ -152,15 +152,15 @@ def test_ring_needs_a_mesh_with_its_axis():
 
 
 def test_layout_permutations_match_published_examples():
-    assert list(ring.layout_permutation(16, 4, "striped")[:8]) == [0, 4, 8, 12, 1, 5, 9, 13]
-    assert list(ring.layout_permutation(8, 2, "zigzag")) == [0, 1, 6, 7, 2, 3, 4, 5]
-    assert list(ring.layout_permutation(16, 4, "zigzag")) == [
+    assert list(layouts.layout_permutation(16, 4, "striped")[:8]) == [0, 4, 8, 12, 1, 5, 9, 13]
+    assert list(layouts.layout_permutation(8, 2, "zigzag")) == [0, 1, 6, 7, 2, 3, 4, 5]
+    assert list(layouts.layout_permutation(16, 4, "zigzag")) == [
         0, 1, 14, 15, 2, 3, 12, 13, 4, 5, 10, 11, 6, 7, 8, 9
     ]  # fmt: skip
     with pytest.raises(ValueError, match="multiple of 8 for the 'zigzag' layout over 4 shards"):
-        ring.layout_permutation(12, 4, "zigzag")
+        layouts.layout_permutation(12, 4, "zigzag")
     with pytest.raises(ValueError, match="allowed: contiguous, striped, zigzag"):
-        ring.layout_permutation(16, 4, "spiral")
+        layouts.layout_permutation(16, 4, "spiral")
 
 
 @pytest.mark.parametrize(
@@ -177,7 +177,7 @@ def test_layout_permutations_match_published_examples():
 def test_causal_load_balance_per_ring_step(n, layout, ratio):
     """Sum over ring steps of the busiest device's causal pairs, over the ideal (S=128)."""
     s = 128
-    perm = ring.layout_permutation(n * s, n, layout)
+    perm = layouts.layout_permutation(n * s, n, layout)
     shards = perm.reshape(n, s)
     total = 0
     for step in range(n):

@@ -78,7 +78,12 @@ CASES = {
         True, (2, 1, 1, 2),
     ),
     "ring_blockwise": ("ring", {}, False, (1, 1, 4, 1)),
-    "ring_pallas": ("ring", {"model.attention.ring_inner": "pallas"}, True, (1, 1, 4, 1)),
+    "ring_pallas": ("ring", {"model.attention.context_inner": "pallas"}, True, (1, 1, 4, 1)),
+    "all_gather": ("all_gather", {}, False, (1, 1, 4, 1)),
+    "all_gather_pallas": ("all_gather", {"model.attention.context_inner": "pallas"}, True,
+                          (1, 1, 4, 1)),
+    "ulysses": ("ulysses", {}, False, (1, 1, 4, 1)),  # 4 heads over 4 devices, KV heads x2
+    "usp_pallas": ("usp", {"model.attention.context_inner": "pallas"}, True, (1, 1, 4, 1)),
     "moba": ("moba", {**ON_KERNEL, "model.attention.sparse_block": 128,
                       "model.attention.sparse_top_k": 2}, True, (2, 1, 1, 2)),
     "hsa": ("hsa", {**ON_KERNEL, "model.attention.sparse_block": 128,
@@ -100,10 +105,24 @@ def test_train_step_compiles_for_tpu(case):
     compiled, summary = compile_train(small_config(impl, mesh, **overrides))
     assert summary.host_callbacks.ops == 0
     assert (summary.mosaic.ops > 0) == mosaic, summary.mosaic
-    assert gathers_of_activations(compiled.as_text()) == []
+    layers = config_lib.base_config().model.num_layers
+    gathers = gathers_of_activations(compiled.as_text())
     permutes = summary.collectives["collective-permute"].executed
+    to_all = summary.collectives["all-to-all"].executed
+    if impl == "all_gather":  # K and V gathered (forward and the backward's regather), and
+        # dK/dV reduce-scattered back to their owners; nothing travels a ring
+        assert len(gathers) >= 4 * layers and permutes == 0, (gathers, permutes)
+        assert summary.collectives["reduce-scatter"].executed >= 2 * layers, summary.collectives
+    else:
+        assert gathers == []
     if impl == "ring":  # K/V travel by collective-permute, one hop per ring step (and back)
-        assert permutes >= 2 * (4 - 1) * config_lib.base_config().model.num_layers
+        assert permutes >= 2 * (4 - 1) * layers
+    if impl in ("ulysses", "usp"):  # q, k, v to head shards and the output back, per layer
+        assert to_all >= 4 * layers, summary.collectives
+    if impl == "usp":  # a ring of 2 groups of 2: one hop forward, two back
+        assert permutes >= (1 + 2) * layers, summary.collectives
+    if impl in ("blockwise", "ulysses"):
+        assert permutes == 0
 
 
 def test_pallas_runs_per_chip_on_a_3d_mesh():
@@ -225,7 +244,7 @@ def test_save_attention_runs_each_attention_forward_once():
     # host memory (memory space S(5) in the TPU HLO).
     def compile_with(policy):
         config = small_config("ring", (1, 1, 4, 1), **{"model.remat_policy": policy})
-        config.model.attention.ring_inner = "pallas"
+        config.model.attention.context_inner = "pallas"
         compiled, summary = compile_train(config)
         return compiled.as_text(), summary
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments.ring_scaling import run as rs_run
-from lcm.attention import ring
+from lcm.attention import layouts
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def _brute_force_counts(t, devices, layout, block):
     """Tiles with at least one causal (q >= k) pair, blocks padded with invisible tokens."""
     length = t // devices
     c = min(block, length)
-    pos = ring.layout_permutation(t, devices, layout).reshape(devices, length)
+    pos = layouts.layout_permutation(t, devices, layout).reshape(devices, length)
     nb = -(-length // c)
     counts = np.zeros((devices, devices), int)
     for s in range(devices):
@@ -32,7 +32,7 @@ def _brute_force_counts(t, devices, layout, block):
     return counts
 
 
-@pytest.mark.parametrize("layout", ring.LAYOUTS)
+@pytest.mark.parametrize("layout", layouts.LAYOUTS)
 @pytest.mark.parametrize(("t", "devices", "block"), [(64, 2, 16), (96, 4, 16), (48, 4, 8)])
 def test_tile_counts_match_brute_force(rs, layout, t, devices, block):
     np.testing.assert_array_equal(

@@ -101,12 +101,22 @@ def _one_step(config, devices):
         pytest.param((8, 1, 1, 1), "blockwise", marks=pytest.mark.slow),
         ((2, 2, 1, 2), "blockwise"),
         ((2, 1, 4, 1), "ring"),
+        pytest.param((2, 1, 4, 1), "all_gather", marks=pytest.mark.slow),
+        pytest.param((2, 1, 4, 1), "ulysses", marks=pytest.mark.slow),
+        ((1, 1, 4, 2), "usp"),  # heads over tensor 2 x Ulysses 2, a ring of 2 groups
     ],
-    ids=["data8", "data2fsdp2tensor2", "data2context4ring"],
+    ids=[
+        "data8",
+        "data2fsdp2tensor2",
+        "data2context4ring",
+        "data2context4all_gather",
+        "data2context4ulysses",
+        "context4tensor2usp",
+    ],
 )
 def test_sharded_step_matches_one_device(devices8, shape, impl):
     config = _tiny()
-    config.model.num_kv_heads = 2
+    config.model.num_heads, config.model.num_kv_heads = 4, 2  # Ulysses splits 4 heads
     config.mesh.shape = (1, 1, 1, 1)
     want_loss, want_norm, want_params = _one_step(config, devices8[:1])
     config.mesh.shape = shape
