@@ -92,7 +92,8 @@ def get_config() -> ConfigDict:
     # context_axis, each device's attention runs on context_inner's tiles.
     config.model.attention.context_axis = "context"  # the mesh axis the sequence is sharded on
     config.model.attention.context_inner = "blockwise"  # per-device tiles: blockwise | pallas
-    # token order for causal load balance: contiguous | striped | zigzag
+    # token order for causal load balance: contiguous | striped | zigzag | balanced (per-row,
+    # for packed documents); windowed masks skip ring hops only under contiguous
     config.model.attention.context_layout = "zigzag"
     config.model.attention.ulysses_degree = 2  # usp: devices splitting the heads (divides context)
     # Sparse attention (lcm.attention.sparse): moba | hsa | s2_attn | sink_window read these.

@@ -199,7 +199,7 @@ def _plots(records, out: pathlib.Path) -> list[str]:
         rows = [r for r in records if r["devices"] == d and r["layout"] in ("contiguous",)]
         mem_ax.plot([r["T"] for r in rows], [r["bytes_per_device"] / _GIB for r in rows], "o-",
                     label=f"{d} device(s)")  # fmt: skip
-        for layout, style in zip(layouts.LAYOUTS, ("o-", "s--", "^:"), strict=True):
+        for layout, style in zip(layouts.FIXED, ("o-", "s--", "^:"), strict=True):
             rows = [r for r in records if r["devices"] == d and r["layout"] == layout]
             if rows:
                 time_ax.plot([r["T"] for r in rows], [r["fwd_bwd_s"] for r in rows], style,
@@ -217,7 +217,7 @@ def _plots(records, out: pathlib.Path) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     t_max = max(r["T"] for r in records)
-    for layout in layouts.LAYOUTS:
+    for layout in layouts.FIXED:
         # One device has one layout: it is every curve's starting point.
         rows = [
             r for r in records if r["T"] == t_max and (r["layout"] == layout or r["devices"] == 1)
@@ -297,9 +297,7 @@ def main(argv=None) -> None:
     parser = common.study_parser(__doc__.splitlines()[0], NAME)
     parser.add_argument("--lengths", type=int, nargs="+", default=[768, 1536, 3072, 6144])
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument(
-        "--layouts", nargs="+", choices=layouts.LAYOUTS, default=list(layouts.LAYOUTS)
-    )
+    parser.add_argument("--layouts", nargs="+", choices=layouts.FIXED, default=list(layouts.FIXED))
     parser.add_argument("--block", type=int, default=128)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--budget-gib", type=float, default=1.0, help="0: skip the fit search")

@@ -59,6 +59,12 @@ def _bwd(axis_name, fwd_tile, bwd_tile, residuals, cotangents):
 gathered_attention.defvjp(_fwd, _bwd)
 
 
+def _body(q, k, v, q_pos, k_pos, q_seg, k_seg, *, axis_name, fwd_tile, bwd_tile, hops):
+    del hops  # every device gathers every shard
+    return gathered_attention(q, k, v, q_pos, k_pos, q_seg, k_seg, axis_name, fwd_tile,
+                              bwd_tile)  # fmt: skip
+
+
 @core.register("all_gather", context.CAPABILITIES, config_keys=context.CONFIG_KEYS,
                describe=context.describe)  # fmt: skip
 def all_gather_impl(
@@ -84,7 +90,7 @@ def all_gather_impl(
     """``attend(..., impl="all_gather")``: ``ring``'s arguments and options
     (``context.sharded_call``); K/V gathered instead of passed around the ring."""
     return context.sharded_call(
-        "all_gather", gathered_attention, q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos,
+        "all_gather", _body, q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos,
         q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, logits_fn=logits_fn,
         scale=scale, return_lse=return_lse, axis_name=axis_name, mesh=mesh, layout=layout,
         inner=inner, block_q=block_q, block_kv=block_kv,

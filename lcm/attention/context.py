@@ -84,8 +84,11 @@ def sharded_call(
     block_kv: int,
     heads_split: int = 1,
 ):
-    """Runs ``body(q, k, v, q_pos, k_pos, q_seg, k_seg, axis_name=, fwd_tile=, bwd_tile=)`` on
-    the local sequence shards of every device on ``axis_name``; returns ``(out, lse or None)``.
+    """Runs ``body(q, k, v, q_pos, k_pos, q_seg, k_seg, axis_name=, fwd_tile=, bwd_tile=,
+    hops=)`` on the local sequence shards of every device on ``axis_name``; returns ``(out, lse
+    or None)``. ``hops``: how many of the ``axis_size / heads_split`` layout shards a ring must
+    visit (``layouts.ring_hops``: fewer with a window or chunks when the layout is given; all
+    for ``layout=None``, whose positions may be in any order).
 
     Arrays are global and already in ``layout`` order over ``axis_size / heads_split`` shards
     (``heads_split``: devices that split the heads, ``Implementation.heads_split``); batch and
@@ -115,12 +118,17 @@ def sharded_call(
     batch, heads, kv_heads = (sharding.mesh_axes(x) or None for x in ("batch", "heads", "kv_heads"))
     q_spec, kv_spec = P(batch, axis_name, heads, None), P(batch, axis_name, kv_heads, None)
     row_spec = P(batch, axis_name)
+    hops = shards
+    if layout is not None and q.shape[1] == k.shape[1]:
+        hops = layouts.ring_hops(mask.reach(), layout, shards, q.shape[1])
     fwd_tile, bwd_tile = INNER[inner](
         mask=mask, logits_fn=logits_fn, scale=scale, block_q=block_q, block_kv=block_kv
     )
     specs = (q_spec, kv_spec, kv_spec, row_spec, row_spec, row_spec, row_spec)
     sharded = jax.shard_map(
-        functools.partial(body, axis_name=axis_name, fwd_tile=fwd_tile, bwd_tile=bwd_tile),
+        functools.partial(
+            body, axis_name=axis_name, fwd_tile=fwd_tile, bwd_tile=bwd_tile, hops=hops
+        ),
         mesh=mesh,
         in_specs=specs,
         out_specs=(q_spec, P(batch, axis_name, heads)),

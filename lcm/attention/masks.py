@@ -11,6 +11,7 @@ bounds, built on the tile kinds and box primitives of ``kernels_pallas.mask``. S
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from kernels_pallas import mask as kernel_mask
@@ -41,6 +42,12 @@ class Mask:
     def all_visible(self, q_lo: Array, q_hi: Array, k_lo: Array, k_hi: Array) -> Array:
         """True where every pair of the box ``[q_lo, q_hi] x [k_lo, k_hi]`` is visible."""
         return self.box(q_lo, q_hi, k_lo, k_hi).every
+
+    def reach(self) -> tuple[float, float]:
+        """``(back, ahead)``: bounds on ``q - k`` and ``k - q`` over visible pairs (``inf``:
+        unbounded, the default). A context-parallel ring skips the hops beyond them
+        (``layouts.ring_hops``)."""
+        return math.inf, math.inf
 
     def dense(self, q_pos: Array, k_pos: Array) -> Array:
         """Boolean ``[..., T, S]`` for positions ``q_pos [..., T]`` and ``k_pos [..., S]``."""
@@ -82,6 +89,9 @@ class Full(Mask):
     def box(self, q_lo, q_hi, k_lo, k_hi):
         return BoxVisibility(q_lo != q_lo, (q_lo == q_lo) & (k_lo == k_lo))
 
+    def reach(self):
+        return math.inf, math.inf
+
 
 @dataclasses.dataclass(frozen=True)
 class Causal(Mask):
@@ -92,6 +102,9 @@ class Causal(Mask):
 
     def box(self, q_lo, q_hi, k_lo, k_hi):
         return kernel_mask.causal_box(q_lo, q_hi, k_lo, k_hi)
+
+    def reach(self):
+        return math.inf, 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +128,9 @@ class SlidingWindow(Mask):
             kernel_mask.window_right_box(*box, self.right),
         )
 
+    def reach(self):
+        return self.left, self.right
+
 
 @dataclasses.dataclass(frozen=True)
 class ChunkedCausal(Mask):
@@ -137,6 +153,9 @@ class ChunkedCausal(Mask):
             kernel_mask.chunk_box(*box, self.size), kernel_mask.causal_box(*box)
         )
 
+    def reach(self):
+        return self.size - 1, 0
+
 
 @dataclasses.dataclass(frozen=True)
 class Sink(Mask):
@@ -155,6 +174,9 @@ class Sink(Mask):
         # Broadcast with the query bounds, as the other masks' facts are.
         return BoxVisibility(none | (q_lo != q_lo), every & (q_lo == q_lo))
 
+    def reach(self):
+        return math.inf, math.inf
+
 
 @dataclasses.dataclass(frozen=True)
 class And(Mask):
@@ -169,6 +191,9 @@ class And(Mask):
     def box(self, *box):
         return kernel_mask.box_and(self.a.box(*box), self.b.box(*box))
 
+    def reach(self):
+        return tuple(map(min, self.a.reach(), self.b.reach()))
+
 
 @dataclasses.dataclass(frozen=True)
 class Or(Mask):
@@ -182,6 +207,9 @@ class Or(Mask):
 
     def box(self, *box):
         return kernel_mask.box_or(self.a.box(*box), self.b.box(*box))
+
+    def reach(self):
+        return tuple(map(max, self.a.reach(), self.b.reach()))
 
 
 def visibility(

@@ -18,39 +18,42 @@ from lcm.attention import context, core
 from lcm.attention.merge import merge_attention
 
 
-def _rotate(axis_name: str, stride: int, *xs):
-    """Every device's ``xs`` to the device ``stride`` places further along the axis."""
+def _shift(axis_name: str, places: int, *xs):
+    """Every device's ``xs`` to the device ``places`` further along the axis (mod its size)."""
     n = jax.lax.axis_size(axis_name)
-    if stride == n:
+    if places % n == 0:
         return xs
-    perm = [(i, (i + stride) % n) for i in range(n)]
+    perm = [(i, (i + places) % n) for i in range(n)]
     return tuple(jax.lax.ppermute(x, axis_name, perm) for x in xs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
-def ring_attention(q, k, v, q_pos, k_pos, q_seg, k_seg, axis_name, fwd_tile, bwd_tile, stride):
-    """Attention of local queries over the keys of every ``stride``-th device on ``axis_name``
-    (this one included): ``axis_size / stride`` hops of a ring that moves ``stride`` places.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10, 11))
+def ring_attention(q, k, v, q_pos, k_pos, q_seg, k_seg, axis_name, fwd_tile, bwd_tile, stride,
+                   hops):  # fmt: skip
+    """Attention of local queries over the keys of ``hops`` devices on ``axis_name``: this one
+    and those ``stride``, ``2 stride``, ... places before it (a ring whose hops move
+    ``stride`` places; ``stride`` 1 is the plain ring, ``usp`` rings across its Ulysses groups
+    with stride = the Ulysses degree). ``hops`` is ``axis_size / stride`` for the full ring, or
+    fewer when the mask cannot see further (``layouts.ring_hops``).
 
     Call inside ``shard_map``; all arrays are the local shards: q ``[B,T,N,H]``, k/v
-    ``[B,S,K,H]``, positions and segment ids ``[B,T]``/``[B,S]`` int32. ``stride`` 1 is the
-    plain ring; ``usp`` rings across its Ulysses groups with stride = the Ulysses degree.
+    ``[B,S,K,H]``, positions and segment ids ``[B,T]``/``[B,S]`` int32. Each hop's K/V permute
+    is issued beside the tile that uses the current K/V (no data dependence between them), so
+    the scheduler overlaps the two; the backward moves the dK/dV accumulators the same way.
 
     Returns:
       ``(out [B,T,N,H] float32, lse [B,T,N] float32)`` over the ring's key set.
     """
-    return _ring_fwd(q, k, v, q_pos, k_pos, q_seg, k_seg, axis_name, fwd_tile, stride)[0]
+    return _ring_fwd(q, k, v, q_pos, k_pos, q_seg, k_seg, axis_name, fwd_tile, stride, hops)[0]
 
 
-def _ring_fwd(q, k, v, q_pos, k_pos, q_seg, k_seg, axis_name, fwd_tile, stride):
-    hops = jax.lax.axis_size(axis_name) // stride
-
+def _ring_fwd(q, k, v, q_pos, k_pos, q_seg, k_seg, axis_name, fwd_tile, stride, hops):
     def step(carry, _):
         out, lse, kv = carry
+        arriving = _shift(axis_name, stride, *kv)  # the next hop's K/V, while this one computes
         out_t, lse_t = fwd_tile(q, *kv[:2], q_pos, kv[2], q_seg, kv[3])
         out, lse = merge_attention([out, out_t], [lse, lse_t])
-        # The permute reads the same operands as the tile, so XLA can overlap the two.
-        return (out, lse, _rotate(axis_name, stride, *kv)), None
+        return (out, lse, arriving), None
 
     # Carries built with *_like keep the inputs' varying-over-mesh-axes type inside shard_map.
     init = (
@@ -64,32 +67,42 @@ def _ring_fwd(q, k, v, q_pos, k_pos, q_seg, k_seg, axis_name, fwd_tile, stride):
     return (out, lse), (q, k, v, q_pos, k_pos, q_seg, k_seg, out, lse)
 
 
-def _ring_fwd_rule(q, k, v, q_pos, k_pos, q_seg, k_seg, axis_name, fwd_tile, bwd_tile, stride):
+def _ring_fwd_rule(q, k, v, q_pos, k_pos, q_seg, k_seg, axis_name, fwd_tile, bwd_tile, stride,
+                   hops):  # fmt: skip
     del bwd_tile
-    return _ring_fwd(q, k, v, q_pos, k_pos, q_seg, k_seg, axis_name, fwd_tile, stride)
+    return _ring_fwd(q, k, v, q_pos, k_pos, q_seg, k_seg, axis_name, fwd_tile, stride, hops)
 
 
-def _ring_bwd_rule(axis_name, fwd_tile, bwd_tile, stride, residuals, cotangents):
+def _ring_bwd_rule(axis_name, fwd_tile, bwd_tile, stride, hops, residuals, cotangents):
+    """Hop i computes the gradient share of the K/V that arrived, while the next K/V and the
+    dK/dV accumulated for the arriving K/V by the devices before travel (both permutes are
+    independent of the tile). After the last hop one permute returns each accumulator the
+    ``hops - 1`` places back to the device owning its keys."""
     del fwd_tile
     q, k, v, q_pos, k_pos, q_seg, k_seg, out, lse = residuals
     dout, dlse = cotangents
 
-    def step(carry, _):
-        dq, kv, dk, dv = carry
-        dq_t, dk_t, dv_t = bwd_tile(q, *kv[:2], q_pos, kv[2], q_seg, kv[3], out, lse, dout, dlse)
-        dk, dv = dk + dk_t.astype(jnp.float32), dv + dv_t.astype(jnp.float32)
-        rotated = _rotate(axis_name, stride, *kv, dk, dv)
-        return (dq + dq_t.astype(jnp.float32), rotated[:4], *rotated[4:]), None
+    def grads(kv):
+        dq, dk, dv = bwd_tile(q, *kv[:2], q_pos, kv[2], q_seg, kv[3], out, lse, dout, dlse)
+        return dq.astype(jnp.float32), dk.astype(jnp.float32), dv.astype(jnp.float32)
 
-    init = (
-        jnp.zeros_like(q, jnp.float32),
-        (k, v, k_pos, k_seg),
-        jnp.zeros_like(k, jnp.float32),
-        jnp.zeros_like(v, jnp.float32),
-    )
-    # A full circle of hops brings every dK/dV accumulator back to the device owning its keys.
-    hops = jax.lax.axis_size(axis_name) // stride
-    (dq, _, dk, dv), _ = jax.lax.scan(step, init, None, length=hops)
+    def hop(dq, kv, acc, move_kv):
+        arriving = _shift(axis_name, stride, *kv) if move_kv else kv
+        acc = _shift(axis_name, stride, *acc)  # what the devices before summed for this kv
+        dq_t, dk_t, dv_t = grads(kv)
+        return dq + dq_t, arriving, (acc[0] + dk_t, acc[1] + dv_t)
+
+    def step(carry, _):
+        dq, kv, acc = carry
+        return hop(dq, kv, acc, move_kv=True), None
+
+    kv = (k, v, k_pos, k_seg)
+    dq, dk, dv = grads(kv)
+    if hops > 1:
+        arriving = _shift(axis_name, stride, *kv)
+        carry, _ = jax.lax.scan(step, (dq, arriving, (dk, dv)), None, length=hops - 2)
+        dq, _, (dk, dv) = hop(*carry, move_kv=False)
+        dk, dv = _shift(axis_name, -(hops - 1) * stride, dk, dv)
     zeros = context.float0_like(q_pos, k_pos, q_seg, k_seg)
     return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), *zeros)
 

@@ -34,9 +34,10 @@ def _groups(n: int, degree: int) -> list[list[int]] | None:
 
 
 def ulysses_attention(q, k, v, q_pos, k_pos, q_seg, k_seg, *, axis_name, fwd_tile, bwd_tile,
-                      degree: int | None):  # fmt: skip
+                      hops: int, degree: int | None):  # fmt: skip
     """Attention of the local shards (``ring.ring_attention``'s contract) with heads split
-    over groups of ``degree`` devices (None: the whole axis) and a ring across the groups.
+    over groups of ``degree`` devices (None: the whole axis) and a ring of ``hops`` across the
+    groups.
     Returns ``(out [B,T,N,H], lse [B,T,N])`` for the local queries."""
     n = jax.lax.axis_size(axis_name)
     degree = n if degree is None else degree
@@ -61,7 +62,7 @@ def ulysses_attention(q, k, v, q_pos, k_pos, q_seg, k_seg, *, axis_name, fwd_til
         for x in (q_pos, k_pos, q_seg, k_seg)
     )
     out, lse = ring.ring_attention(q, k, v, q_pos, k_pos, q_seg, k_seg, axis_name, fwd_tile,
-                                   bwd_tile, degree)  # fmt: skip
+                                   bwd_tile, degree, hops)  # fmt: skip
     to_sequence = functools.partial(all_to_all, split_axis=1, concat_axis=2)
     return to_sequence(out), to_sequence(lse)
 

@@ -45,8 +45,10 @@ def table(report: dict) -> str:
     ]
     for name, step in report["steps"].items():
         hbm = {k: v / GIB if k in _BYTES else v for k, v in step["hbm"].items()}
+        hidden = {k: v["executed"] for k, v in step.get("overlapped", {}).items()}
         coll = ", ".join(
-            f"{k} {v['executed']} ({v['bytes'] / GIB:,.2f} GiB)"
+            f"{k} {v['executed']} ({v['bytes'] / GIB:,.2f} GiB"
+            + (f"; {hidden[k]} overlapped with compute)" if hidden.get(k) else ")")
             for k, v in step["collectives"].items()
             if v["ops"]
         )

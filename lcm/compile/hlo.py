@@ -7,7 +7,9 @@ moves. A loop's trip count is XLA's ``known_trip_count`` when recorded, else rea
 condition when that is ``counter < constant`` (the loops of ``lax.scan``: layers, ring hops);
 loops with data-dependent conditions (a tile loop that skips empty tiles) count once, and
 ``unknown_trip_loops`` says how many such loops there were. Asynchronous collectives are counted
-once, at their ``-done`` half, whose result is the collective's output.
+once, at their ``-done`` half, whose result is the collective's output; ``overlapped`` counts
+those whose ``-start`` and ``-done`` bracket computation in the schedule (a dot or a fusion
+around one, a kernel call or a loop between them: the transfer hides behind compute).
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
 _CONSTANT = re.compile(r"^\s*%?([\w.\-]+) = s32\[\]\S* constant\((\d+)\)")
 _LESS_THAN = re.compile(r"^\s*ROOT .* compare\(%?[\w.\-]+, %?([\w.\-]+)\), direction=LT")
 _HOST = ("callback", "host_compute", "HostTransfer")
+# Ops that hide a transfer: matrix work (a dot, or a fusion around one: kOutput / kCustom), a
+# kernel call, or a loop; elementwise kLoop fusions do not count.
+_COMPUTE = ("dot", "convolution", "custom-call", "while", "conditional", "call")
+_HEAVY_FUSION = re.compile(r"\bkind=k(?:Output|Custom)\b")
+_DONE_OF = re.compile(r"-done\(%?([\w.\-]+)")
 
 
 def shape_bytes(shape: str) -> int:
@@ -61,6 +68,8 @@ class Summary:
     mosaic: Count  # Mosaic (Pallas TPU) kernel calls
     host_callbacks: Count  # ops that call back into the host (none may run in a train step)
     unknown_trip_loops: int = 0
+    # async collectives whose start and done bracket computation in the schedule
+    overlapped: dict[str, Count] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {
@@ -68,6 +77,7 @@ class Summary:
             "mosaic_kernels": dataclasses.asdict(self.mosaic),
             "host_callbacks": dataclasses.asdict(self.host_callbacks),
             "unknown_trip_loops": self.unknown_trip_loops,
+            "overlapped": {k: dataclasses.asdict(v) for k, v in self.overlapped.items()},
         }
 
 
@@ -125,16 +135,27 @@ def summarize(text: str) -> Summary:
                     visit(callee, inner)  # a loop's body runs trip-count times
 
     visit(entry, 1)
-    summary = Summary({k: Count() for k in COLLECTIVES}, Count(), Count(), len(unknown))
+    summary = Summary({k: Count() for k in COLLECTIVES}, Count(), Count(), len(unknown),
+                      {k: Count() for k in COLLECTIVES})  # fmt: skip
     for name, n in times.items():
+        computed_since: dict[str, bool] = {}  # open async starts: compute seen since?
         for line in comps[name]:
             match = _INSTR.match(line)
             if not match:
                 continue
             shape, opcode = match.groups()
             base = opcode.removesuffix("-done")
+            if opcode in _COMPUTE or (opcode == "fusion" and _HEAVY_FUSION.search(line)):
+                computed_since = dict.fromkeys(computed_since, True)
+            if opcode.endswith("-start"):
+                computed_since[line.split("=", 1)[0].strip().removeprefix("ROOT ").lstrip("%")] = (
+                    False
+                )
             if base in COLLECTIVES and not opcode.endswith("-start"):
                 summary.collectives[base].add(n, shape_bytes(shape))
+                start = _DONE_OF.search(line)
+                if start and computed_since.pop(start.group(1), False):
+                    summary.overlapped[base].add(n, shape_bytes(shape))
             elif opcode == "custom-call":
                 if 'custom_call_target="tpu_custom_call"' in line:
                     summary.mosaic.add(n, 0)

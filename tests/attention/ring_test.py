@@ -10,6 +10,7 @@ import pytest
 
 from lcm import attention
 from lcm.attention import layouts
+from lcm.compile import hlo
 from lcm.parallel import mesh as mesh_lib
 from lcm.parallel import sharding
 
@@ -76,6 +77,10 @@ class _SoftCap:
         ),
         ("contiguous", attention.Full(), None, (2, 1, 4, 1), "explicit", 8, False),
         ("striped", attention.SlidingWindow(9), None, (1, 1, 8, 1), "explicit", 3, True),
+        # A given layout lets the ring stop after the hops the mask can reach (ring_hops):
+        # 3 of 8 shards of 8 for a window of 9, 2 of 4 shards of 16 for chunks of 12.
+        ("contiguous", attention.SlidingWindow(9), None, (1, 1, 8, 1), "auto", 4, True),
+        ("contiguous", attention.ChunkedCausal(12), _SoftCap(), (2, 1, 4, 1), "auto", 8, True),
     ],
 )
 def test_ring_matches_reference_outputs_and_grads(
@@ -104,7 +109,7 @@ def test_ring_matches_reference_outputs_and_grads(
 
 def test_permute_and_unpermute_are_inverse():
     x = np.arange(2 * 32).reshape(2, 32)
-    for layout in layouts.LAYOUTS:
+    for layout in layouts.FIXED:
         y = layouts.permute(x, layout, 4)
         np.testing.assert_array_equal(layouts.unpermute(y, layout, 4), x)
         np.testing.assert_array_equal(layouts.unpermute(jnp.asarray(y), layout, 4), x)
@@ -149,6 +154,44 @@ def test_ring_needs_a_mesh_with_its_axis():
     q, k, v, pos, seg = _inputs()
     with pytest.raises(ValueError, match="impl 'ring' needs a mesh with axis 'context'"):
         _attend("ring", attention.Causal())(q, k, v, pos, seg)
+
+
+def test_ring_hops_stop_where_the_mask_stops():
+    """Hops that can bring a visible key, for 4 shards of 128 tokens: a window of W needs
+    ceil(W / 128) + 1 in the contiguous layout; zigzag's second chunks sit on the far side of
+    the ring and striped spreads neighbours over every shard, so both need the whole ring."""
+    backs = (0, 1, 127, 128, 129, 384, 511, 512, float("inf"))
+    hops = {lay: [layouts.ring_hops((b, 0), lay, 4, 512) for b in backs] for lay in layouts.FIXED}
+    assert hops == {
+        "contiguous": [1, 2, 2, 2, 3, 4, 4, 4, 4],
+        "striped": [1, 2, 4, 4, 4, 4, 4, 4, 4],
+        "zigzag": [1, 4, 4, 4, 4, 4, 4, 4, 4],
+    }
+    assert layouts.ring_hops((3, 1), "contiguous", 4, 512) == 4  # keys ahead: the whole ring
+    assert layouts.ring_hops((3, 0), "balanced", 4, 512) == 4  # an order per row: the whole ring
+    reach = (
+        (attention.SlidingWindow(100) | attention.ChunkedCausal(8)) & attention.Causal()
+    ).reach()
+    assert reach == (100, 0)
+    assert (attention.SlidingWindow(4) | attention.Sink(2)).reach() == (float("inf"),) * 2
+
+
+@pytest.mark.multidevice
+def test_window_ring_permutes_only_the_hops_it_needs(devices8):
+    """Executed collective-permutes of forward + backward on 8 devices: the full ring sends
+    K, V, positions, segment ids 7 times forward and 7 times backward, dK/dV 7 times and once
+    home (72); a window of 9 over shards of 8 stops after 3 hops (22)."""
+    q, k, v, pos, seg = _inputs()
+    mesh = _mesh(devices8, shape=(1, 1, 8, 1))
+    counts = {}
+    for name, mask in (("causal", attention.Causal()), ("window", attention.SlidingWindow(9))):
+        f = _attend("ring", mask, block_q=8, block_kv=8, mesh=mesh, layout="contiguous")
+        grad = jax.jit(
+            jax.grad(lambda q, k, v, f=f: f(q, k, v, pos, seg)[0].sum(), argnums=(0, 1, 2))
+        )
+        text = grad.lower(q, k, v).compile().as_text()
+        counts[name] = hlo.summarize(text).collectives["collective-permute"].executed
+    assert counts == {"causal": 4 * 7 + 4 * 7 + 2 * 7 + 2, "window": 4 * 2 + 4 * 2 + 2 * 2 + 2}
 
 
 def test_layout_permutations_match_published_examples():

@@ -77,7 +77,10 @@ CASES = {
         "pallas", {"model.attention.mask": "sliding_window", "model.attention.window": 128},
         True, (2, 1, 1, 2),
     ),
-    "ring_blockwise": ("ring", {}, False, (1, 1, 4, 1)),
+    # A window of 100 over shards of 128 in the contiguous layout: 2 of the 4 ring hops.
+    "ring_window": ("ring", {"model.attention.mask": "sliding_window",
+                             "model.attention.window": 100,
+                             "model.attention.context_layout": "contiguous"}, False, (1, 1, 4, 1)),
     "ring_pallas": ("ring", {"model.attention.context_inner": "pallas"}, True, (1, 1, 4, 1)),
     "all_gather": ("all_gather", {}, False, (1, 1, 4, 1)),
     "all_gather_pallas": ("all_gather", {"model.attention.context_inner": "pallas"}, True,
@@ -115,8 +118,11 @@ def test_train_step_compiles_for_tpu(case):
         assert summary.collectives["reduce-scatter"].executed >= 2 * layers, summary.collectives
     else:
         assert gathers == []
-    if impl == "ring":  # K/V travel by collective-permute, one hop per ring step (and back)
-        assert permutes >= 2 * (4 - 1) * layers
+    if impl == "ring":  # per hop: K, V forward; K, V, dK, dV backward; issued beside the tile
+        hops = 2 if case == "ring_window" else 4
+        assert 6 * (hops - 1) * layers <= permutes, summary.collectives
+        assert case != "ring_window" or permutes < 6 * (4 - 1) * layers, summary.collectives
+        assert summary.overlapped["collective-permute"].executed >= 2 * (hops - 1) * layers
     if impl in ("ulysses", "usp"):  # q, k, v to head shards and the output back, per layer
         assert to_all >= 4 * layers, summary.collectives
     if impl == "usp":  # a ring of 2 groups of 2: one hop forward, two back

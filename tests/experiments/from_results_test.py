@@ -22,6 +22,7 @@ STUDIES = {
     "kv_eviction": ("kv_eviction.json", ["kv_eviction.md"]),
     "length_extrapolation": ("length_extrapolation.json", ["length_extrapolation.md"]),
     "passkey_depth": ("passkey_depth.json", ["passkey_depth.md"]),
+    "packed_balance": ("packed_balance.json", ["packed_balance.md"]),
     "pod_scale": ("pod_scale.json", ["pod_scale.md"]),
     "ring_scaling": ("ring_scaling.json", ["ring_scaling.md"]),
     "rope_base_bound": ("rope_base_bound.json", ["rope_base_bound.md"]),

@@ -37,6 +37,9 @@ class ShiftedChunkedCausal(masks_lib.Mask):
     def box(self, q_lo, q_hi, k_lo, k_hi):
         return self._chunked().box(*(x + self.shift for x in (q_lo, q_hi, k_lo, k_hi)))
 
+    def reach(self):
+        return self._chunked().reach()
+
 
 def head_masks(mask: masks_lib.Mask, group_size: int) -> tuple[masks_lib.Mask, masks_lib.Mask]:
     """The masks of the unshifted and the shifted half of the heads (each ``& mask``)."""
