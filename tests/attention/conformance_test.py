@@ -172,8 +172,8 @@ ENTRIES = {
     # in tests/attention/ring_test.py and context_test.py. Ulysses splits the 4 heads over 4
     # devices (the 2 or 1 KV heads repeated); usp runs Ulysses over 2 and a ring of 2.
     "ring": Entry(options=dict(block_q=4, block_kv=4), fast=("packed",)),
-    "all_gather": Entry(options=dict(block_q=4, block_kv=4), fast=("packed", "window")),
-    "ulysses": Entry(options=dict(block_q=4, block_kv=4), fast=("packed", "packed_window_mqa")),
+    "all_gather": Entry(options=dict(block_q=4, block_kv=4), fast=("packed",)),
+    "ulysses": Entry(options=dict(block_q=4, block_kv=4), fast=("packed",)),
     "usp": Entry(
         options=dict(block_q=4, block_kv=4, degree=2), fast=("packed", "logits_fn_same_heads")
     ),

@@ -102,7 +102,14 @@ CASES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+# Covered in the default suite by their siblings (all_gather, usp_pallas): @slow.
+SLOW_CASES = {"all_gather_pallas", "ulysses"}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, marks=[pytest.mark.slow] * (c in SLOW_CASES)) for c in sorted(CASES)],
+)
 def test_train_step_compiles_for_tpu(case):
     impl, overrides, mosaic, mesh = CASES[case]
     compiled, summary = compile_train(small_config(impl, mesh, **overrides))

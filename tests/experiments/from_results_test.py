@@ -18,6 +18,7 @@ from experiments import common
 STUDIES = {
     "activation_memory": ("activation_memory.json", ["activation_memory.md"]),
     "attention_benchmarks": ("attention_benchmarks.jsonl", ["attention_benchmarks.md"]),
+    "context_parallel": ("context_parallel.json", ["context_parallel.md"]),
     "data_recipes": ("data_recipes.json", ["data_recipes.md", "data_recipes_sliding.md"]),
     "kv_eviction": ("kv_eviction.json", ["kv_eviction.md"]),
     "length_extrapolation": ("length_extrapolation.json", ["length_extrapolation.md"]),

@@ -103,7 +103,8 @@ def _one_step(config, devices):
         ((2, 1, 4, 1), "ring"),
         pytest.param((2, 1, 4, 1), "all_gather", marks=pytest.mark.slow),
         pytest.param((2, 1, 4, 1), "ulysses", marks=pytest.mark.slow),
-        ((1, 1, 4, 2), "usp"),  # heads over tensor 2 x Ulysses 2, a ring of 2 groups
+        # heads over tensor 2 x Ulysses 2, a ring of 2 groups
+        pytest.param((1, 1, 4, 2), "usp", marks=pytest.mark.slow),
     ],
     ids=[
         "data8",
