@@ -41,7 +41,7 @@ lint: $(STAMP)
 
 test: lint
 	@echo ">> pytest (all but @slow)"
-	$(PY) -m pytest -m "not slow" -q -n $(TEST_WORKERS) --durations=15
+	$(PY) -m pytest -m "not slow" -q -n $(TEST_WORKERS) --durations=40
 
 test-all: lint
 	@echo ">> pytest (everything, including @slow)"

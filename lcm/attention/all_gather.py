@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels_pallas.common import name_residuals
-from lcm.attention import context, core
+from lcm.attention import context
 
 
 def _gather(axis_name: str, *xs):
@@ -65,33 +65,9 @@ def _body(q, k, v, q_pos, k_pos, q_seg, k_seg, *, axis_name, fwd_tile, bwd_tile,
                               bwd_tile)  # fmt: skip
 
 
-@core.register("all_gather", context.CAPABILITIES, config_keys=context.CONFIG_KEYS,
-               describe=context.describe)  # fmt: skip
-def all_gather_impl(
-    q,
-    k,
-    v,
-    *,
-    mask,
-    q_pos,
-    k_pos,
-    q_segment_ids,
-    kv_segment_ids,
-    logits_fn,
-    scale,
-    return_lse,
-    axis_name: str = "context",
-    mesh: jax.sharding.Mesh | None = None,
-    layout: str | None = None,
-    inner: str = "blockwise",
-    block_q: int = 128,
-    block_kv: int = 128,
-):
-    """``attend(..., impl="all_gather")``: ``ring``'s arguments and options
-    (``context.sharded_call``); K/V gathered instead of passed around the ring."""
-    return context.sharded_call(
-        "all_gather", _body, q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos,
-        q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, logits_fn=logits_fn,
-        scale=scale, return_lse=return_lse, axis_name=axis_name, mesh=mesh, layout=layout,
-        inner=inner, block_q=block_q, block_kv=block_kv,
-    )  # fmt: skip
+all_gather_impl = context.strategy(
+    "all_gather",
+    _body,
+    doc="""``attend(..., impl="all_gather")``: ``ring``'s arguments and options
+    (``context.sharded_call``); K/V gathered instead of passed around the ring.""",
+)

@@ -142,3 +142,44 @@ def sharded_call(
     args = zip((q, k, v, q_pos, k_pos, q_seg, kv_seg), specs, strict=True)
     out, lse = sharded(*(sharding.constrain_spec(x, spec, mesh) for x, spec in args))
     return out.astype(q.dtype), (lse if return_lse else None)
+
+
+def strategy(name: str, body: Callable[..., tuple[jax.Array, jax.Array]], *, doc: str,
+             capabilities: core.Capabilities = CAPABILITIES, heads_split: int = 1):  # fmt: skip
+    """Registers context-parallel implementation ``name``: ``sharded_call`` of ``body`` with the
+    shared options (``usp``, which has one more, is written out in ulysses.py)."""
+
+    def impl(
+        q,
+        k,
+        v,
+        *,
+        mask,
+        q_pos,
+        k_pos,
+        q_segment_ids,
+        kv_segment_ids,
+        logits_fn,
+        scale,
+        return_lse,
+        axis_name: str = "context",
+        mesh: jax.sharding.Mesh | None = None,
+        layout: str | None = None,
+        inner: str = "blockwise",
+        block_q: int = 128,
+        block_kv: int = 128,
+    ):
+        return sharded_call(
+            name, body, q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos,
+            q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, logits_fn=logits_fn,
+            scale=scale, return_lse=return_lse, axis_name=axis_name, mesh=mesh, layout=layout,
+            inner=inner, block_q=block_q, block_kv=block_kv, heads_split=heads_split,
+        )  # fmt: skip
+
+    def describe_strategy(**options) -> dict:
+        return dict(describe(**options), heads_split=heads_split)
+
+    impl.__name__ = impl.__qualname__ = f"{name}_impl"
+    impl.__doc__ = doc
+    core.register(name, capabilities, config_keys=CONFIG_KEYS, describe=describe_strategy)(impl)
+    return impl

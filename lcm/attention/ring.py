@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels_pallas.common import name_residuals
-from lcm.attention import context, core
+from lcm.attention import context
 from lcm.attention.merge import merge_attention
 
 
@@ -110,41 +110,17 @@ def _ring_bwd_rule(axis_name, fwd_tile, bwd_tile, stride, hops, residuals, cotan
 ring_attention.defvjp(_ring_fwd_rule, _ring_bwd_rule)
 
 
-@core.register("ring", context.CAPABILITIES, config_keys=context.CONFIG_KEYS,
-               describe=context.describe)  # fmt: skip
-def ring_impl(
-    q,
-    k,
-    v,
-    *,
-    mask,
-    q_pos,
-    k_pos,
-    q_segment_ids,
-    kv_segment_ids,
-    logits_fn,
-    scale,
-    return_lse,
-    axis_name: str = "context",
-    mesh: jax.sharding.Mesh | None = None,
-    layout: str | None = None,
-    inner: str = "blockwise",
-    block_q: int = 128,
-    block_kv: int = 128,
-):
-    """``attend(..., impl="ring")``: queries and keys sharded along the sequence on ``axis_name``.
+ring_impl = context.strategy(
+    "ring",
+    functools.partial(ring_attention, stride=1),
+    doc="""``attend(..., impl="ring")``: queries and keys sharded along the sequence on
+    ``axis_name``.
 
     Needs a mesh in context with that axis (``context.sharded_call``). Arrays are global and
     already in the token order of ``layout`` (``layouts.permute``); masks read true positions,
-    so ``layout`` only sets the divisibility the layout needs (zigzag: 2n chunks). Per-device
-    lengths need not be multiples of the blocks (tiles pad). ``inner`` computes each step's
-    tile: ``blockwise`` (plain JAX, any mask and logits hook) or ``pallas`` (flash /
-    block-sparse kernels, no hook). Returns ``(out, lse or None)``.
-    """
-    body = functools.partial(ring_attention, stride=1)
-    return context.sharded_call(
-        "ring", body, q, k, v, mask=mask, q_pos=q_pos, k_pos=k_pos,
-        q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, logits_fn=logits_fn,
-        scale=scale, return_lse=return_lse, axis_name=axis_name, mesh=mesh, layout=layout,
-        inner=inner, block_q=block_q, block_kv=block_kv,
-    )  # fmt: skip
+    so ``layout`` only sets the divisibility the layout needs (zigzag: 2n chunks) and which hops
+    a windowed mask skips. Per-device lengths need not be multiples of the blocks (tiles pad).
+    ``inner`` computes each step's tile: ``blockwise`` (plain JAX, any mask and logits hook) or
+    ``pallas`` (flash / block-sparse kernels, no hook). Returns ``(out, lse or None)``.
+    """,
+)

@@ -67,42 +67,15 @@ def ulysses_attention(q, k, v, q_pos, k_pos, q_seg, k_seg, *, axis_name, fwd_til
     return to_sequence(out), to_sequence(lse)
 
 
-def _describe_ulysses(**options) -> dict:
-    return dict(context.describe(**options), heads_split=0)
-
-
-@core.register("ulysses", context.HEAD_SPLIT_CAPABILITIES, config_keys=context.CONFIG_KEYS,
-               describe=_describe_ulysses)  # fmt: skip
-def ulysses_impl(
-    q,
-    k,
-    v,
-    *,
-    mask,
-    q_pos,
-    k_pos,
-    q_segment_ids,
-    kv_segment_ids,
-    logits_fn,
-    scale,
-    return_lse,
-    axis_name: str = "context",
-    mesh: jax.sharding.Mesh | None = None,
-    layout: str | None = None,
-    inner: str = "blockwise",
-    block_q: int = 128,
-    block_kv: int = 128,
-):
-    """``attend(..., impl="ulysses")``: ``ring``'s arguments and options, heads split over
+ulysses_impl = context.strategy(
+    "ulysses",
+    functools.partial(ulysses_attention, degree=None),
+    capabilities=context.HEAD_SPLIT_CAPABILITIES,
+    heads_split=0,
+    doc="""``attend(..., impl="ulysses")``: ``ring``'s arguments and options, heads split over
     every device of ``axis_name``. Every device sees the whole sequence, so the token layout
-    changes nothing but the order (and needs no balance)."""
-    return context.sharded_call(
-        "ulysses", functools.partial(ulysses_attention, degree=None), q, k, v, heads_split=0,
-        mask=mask, q_pos=q_pos, k_pos=k_pos,
-        q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, logits_fn=logits_fn,
-        scale=scale, return_lse=return_lse, axis_name=axis_name, mesh=mesh, layout=layout,
-        inner=inner, block_q=block_q, block_kv=block_kv,
-    )  # fmt: skip
+    changes nothing but the order (and needs no balance).""",
+)
 
 
 def _describe_usp(*, degree, **options) -> dict:

@@ -174,9 +174,7 @@ ENTRIES = {
     "ring": Entry(options=dict(block_q=4, block_kv=4), fast=("packed",)),
     "all_gather": Entry(options=dict(block_q=4, block_kv=4), fast=("packed",)),
     "ulysses": Entry(options=dict(block_q=4, block_kv=4), fast=("packed",)),
-    "usp": Entry(
-        options=dict(block_q=4, block_kv=4, degree=2), fast=("packed", "logits_fn_same_heads")
-    ),
+    "usp": Entry(options=dict(block_q=4, block_kv=4, degree=2), fast=("packed",)),
     # StreamingLLM: the first 2 positions and the last 6 up to the query (itself included).
     "sink_window": Entry(
         options=dict(sink=2, window=6, **BLOCKS),

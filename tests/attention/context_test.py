@@ -93,6 +93,7 @@ def _hlo(name, devices, shape, **options):
         return grads.lower(q, k, v).compile().as_text()
 
 
+@pytest.mark.slow  # the TPU train steps of tests/compile/aot_test.py assert the same
 @pytest.mark.multidevice
 def test_collectives_each_strategy_compiles_to(devices8):
     """all_gather: gathers K/V and reduce-scatters dK/dV, no ring; ulysses: all-to-alls, no

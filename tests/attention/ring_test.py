@@ -176,6 +176,7 @@ def test_ring_hops_stop_where_the_mask_stops():
     assert (attention.SlidingWindow(4) | attention.Sink(2)).reach() == (float("inf"),) * 2
 
 
+@pytest.mark.slow  # the TPU train step (aot_test ring_window) asserts it in the default suite
 @pytest.mark.multidevice
 def test_window_ring_permutes_only_the_hops_it_needs(devices8):
     """Executed collective-permutes of forward + backward on 8 devices: the full ring sends
