@@ -69,11 +69,10 @@ SCRIPT = textwrap.dedent(
 
 
     results = [
-        case("causal", attention.Causal(), T, T, 2),
-        case("sliding_window_64", attention.SlidingWindow(64), T, T, 2),
+        # Three eager cases cover the hang; the masks themselves are checked jitted elsewhere.
         case("causal_segments", attention.Causal(), T, T, 2, segments=True),
-        case("decode_37_of_300", attention.Causal(), 37, T, 2, q_start=T - 37),
-        case("full_mqa", attention.Full(), T, T, 1),
+        case("sliding_window_64", attention.SlidingWindow(64), T, T, 2),
+        case("decode_37_of_300_mqa", attention.Causal(), 37, T, 1, q_start=T - 37),
     ]
     sys.exit(0 if all(results) else 1)
     """

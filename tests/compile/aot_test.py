@@ -102,8 +102,9 @@ CASES = {
 }  # fmt: skip
 
 
-# Covered in the default suite by their siblings (all_gather, usp_pallas): @slow.
-SLOW_CASES = {"all_gather_pallas", "ulysses"}
+# Covered in the default suite by their siblings (all_gather, usp_pallas, nsa's block-sparse
+# kernel): @slow.
+SLOW_CASES = {"all_gather_pallas", "hsa", "ulysses"}
 
 
 @pytest.mark.parametrize(
@@ -234,6 +235,7 @@ def test_gradient_accumulation_moves_no_batch():
     assert accum_flops == pytest.approx(plain_flops / 2, rel=0.05)
 
 
+@pytest.mark.slow  # two compiles; the (fsdp, context) rule itself: tests/parallel/sharding_test.py
 def test_parameters_are_sharded_over_the_context_ranks_too():
     def argument_bytes(embed_axes):
         config = small_config("blockwise", (1, 2, 2, 1), **{"model.num_layers": 1})
