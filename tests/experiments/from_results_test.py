@@ -3,8 +3,7 @@
 For each study, the raw results in ``experiments/<study>/results`` are copied to a temporary
 directory, ``python -m experiments.<study>.run --from-results`` renders there, and the
 markdown must equal the committed one: a report edited by hand, or left stale after a change to
-the renderer or the raw results, fails here. A study whose raw results are not committed yet
-(it needs a rerun to write them) is skipped with that reason.
+the renderer or the raw results, fails here, and so does a study without raw results.
 """
 
 import importlib
@@ -34,8 +33,7 @@ STUDIES = {
 def test_committed_report_is_rendered_from_the_committed_raw_results(study, tmp_path):
     raw, reports = STUDIES[study]
     committed = common.results_dir(study)
-    if not (committed / raw).exists():
-        pytest.skip(f"{study}: raw results not committed yet; a rerun of the study writes {raw}")
+    assert (committed / raw).exists(), f"{study}: commit its raw results ({raw}) with the report"
     shutil.copytree(committed, tmp_path, dirs_exist_ok=True)
     for name in reports:
         (tmp_path / name).unlink()
