@@ -2,13 +2,14 @@
 
 Two parts. **Pod**: the real Llama-3-8B train step (``configs.py``: full remat, Pallas inner
 tiles, contiguous layout) compiled ahead of time with ``lcm.compile`` for v5p-64 and v5p-256
-at 32K, 128K and 1M tokens per sequence, one cell per strategy: HBM per chip, collective bytes
-per step by kind (and how many collectives the schedule overlaps with compute), the roofline
-floor. Nothing runs. **CPU**: causal attention fwd+bwd on 8 simulated devices (context = 8,
-B=1, N=8, K=8, H=64, float32, blockwise tiles of 128) per strategy: wall time (the devices share
-the host's cores, so this is total work, not a device's time) and compiled bytes per device.
+at 32K, 128K and 1M tokens per sequence, one cell per strategy: HBM per chip, the bytes each
+chip sends per step by collective kind (``lcm.compile.hlo.wire_bytes``; and how much of it the
+schedule overlaps with compute), the roofline floor. Nothing runs. **CPU**: causal attention
+fwd+bwd on 8 simulated devices (context = 8, B=1, N=8, K=8, H=64, float32, blockwise tiles of
+128) per strategy: wall time (the devices share the host's cores, so this is total work, not a
+device's time) and compiled bytes per device.
 
-    .venv/bin/python -m experiments.context_parallel.run                 # both parts, ~25 min
+    .venv/bin/python -m experiments.context_parallel.run                 # both parts, ~40 min
     .venv/bin/python -m experiments.context_parallel.run --from-results  # re-render md + png
 """
 
@@ -61,16 +62,18 @@ def pod_cell(slice_name: str, seq_len: int, batch: int, impl: str, log) -> dict:
             fits=train["hbm"]["fits"],
             hbm_gib=train["hbm"]["total"] / GIB,
             roofline_floor_s=report["roofline_floor_s"],
-            collective_gib={
-                k: v["bytes"] / GIB for k, v in train["collectives"].items() if v["ops"]
-            },
-            overlapped_gib={
-                k: v["bytes"] / GIB for k, v in train["overlapped"].items() if v["ops"]
-            },
+            # bytes each chip sends, by kind; the part overlapped with compute; result bytes
+            sent_gib=_gib(train["collectives"], "wire_bytes"),
+            hidden_gib=_gib(train["overlapped"], "wire_bytes"),
+            result_gib=_gib(train["collectives"], "bytes"),
         )
     record["compile_s"] = round(time.perf_counter() - start, 1)
     log(json.dumps(record))
     return record
+
+
+def _gib(counts: dict, field: str) -> dict:
+    return {k: v[field] / GIB for k, v in counts.items() if v["ops"]}
 
 
 def cpu_cell(impl: str, seq_len: int, reps: int, log) -> dict:
@@ -140,8 +143,8 @@ def _cell(pods: list[dict], slice_name: str, seq_len: int, impl: str) -> dict:
 
 
 def _exposed(c: dict) -> float:
-    """Collective GiB per step not overlapped with compute."""
-    return sum(c["collective_gib"].values()) - sum(c["overlapped_gib"].values())
+    """GiB each chip sends per step that is not overlapped with compute."""
+    return sum(c["sent_gib"].values()) - sum(c["hidden_gib"].values())
 
 
 def _plot(data: dict, out: pathlib.Path) -> str:
@@ -156,7 +159,7 @@ def _plot(data: dict, out: pathlib.Path) -> str:
     for i, impl in enumerate(STRATEGIES):
         here = [_cell(pods, slice_name, t, impl) for slice_name, t, _ in CELLS]
         hbm = [c.get("hbm_gib", float("nan")) for c in here]
-        coll = [sum(c.get("collective_gib", {}).values()) or float("nan") for c in here]
+        coll = [sum(c.get("sent_gib", {}).values()) or float("nan") for c in here]
         x = [j + 0.2 * (i - 1.5) for j in range(len(CELLS))]
         axes[0].bar(x, hbm, 0.2, label=impl, color=f"C{i}")
         axes[1].bar(x, coll, 0.2, label=impl, color=f"C{i}")
@@ -164,7 +167,7 @@ def _plot(data: dict, out: pathlib.Path) -> str:
         axes[2].plot([c["seq_len"] for c in rows], [c["fwd_bwd_s"] for c in rows], "o-",
                      label=impl, color=f"C{i}")  # fmt: skip
     axes[0].axhline(95, color="k", lw=0.8, ls="--")
-    for ax, title in zip(axes[:2], ("HBM per chip (GiB)", "collectives per step (GiB)"),
+    for ax, title in zip(axes[:2], ("HBM per chip (GiB)", "GiB sent per chip and step"),
                          strict=True):  # fmt: skip
         ax.set_xticks(range(len(CELLS)), labels, fontsize=7)
         ax.set_title(f"Llama-3-8B train step: {title}")
@@ -184,8 +187,8 @@ def render(data: dict, out: pathlib.Path) -> None:
     png = _plot(data, out)
     pod_rows = []
     for c in data["pod"]:
-        coll = c.get("collective_gib", {})
-        hidden = c.get("overlapped_gib", {})
+        coll = c.get("sent_gib", {})
+        hidden = c.get("hidden_gib", {})
         pod_rows.append([
             c["slice"], f"{c['seq_len'] // K}K", c["batch"], c["context"],
             c["impl"] + (f" (Ulysses {c['ulysses_degree']})" if c["impl"] == "usp" else ""),
@@ -209,14 +212,16 @@ def render(data: dict, out: pathlib.Path) -> None:
         "# Choosing a context-parallel strategy",
         "Llama-3-8B train steps compiled ahead of time for compile-only v5p slices (95 GiB HBM "
         "per chip; nothing ran), one sequence per fsdp rank spread over `context` chips, Pallas "
-        "inner tiles, full remat, contiguous layout. Collective GiB are per chip and step "
-        "(result bytes, loop trip counts applied); \"hidden\" = the part whose start and done "
-        "bracket compute in XLA's schedule.",
+        "inner tiles, full remat, contiguous layout. GiB sent are what each chip sends per step "
+        "by collective kind (from each op's group size g: all-gather and all-to-all (g-1)/g of "
+        "the result, reduce-scatter g-1 results, all-reduce 2(g-1)/g, permute its result; loop "
+        "trip counts applied); \"hidden\" = the part whose start and done bracket compute in "
+        "XLA's schedule. Result bytes per kind are in the JSON (`result_gib`).",
         common.markdown_table(
             ["slice", "T", "B", "context", "impl", "HBM/chip GiB", "fits",
-             "collectives GiB/step", "floor s/step"], pod_rows),
+             "GiB sent/step", "floor s/step"], pod_rows),
         "## What each cell favours",
-        "Lowest HBM among the strategies that fit, and the fewest collective GiB left exposed "
+        "Lowest HBM among the strategies that fit, and the fewest GiB sent left exposed "
         "(not overlapped with compute):",
         common.markdown_table(["slice", "T", "lowest HBM (GiB)", "least exposed traffic (GiB)"],
                               favours(data["pod"])),

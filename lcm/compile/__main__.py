@@ -47,7 +47,7 @@ def table(report: dict) -> str:
         hbm = {k: v / GIB if k in _BYTES else v for k, v in step["hbm"].items()}
         hidden = {k: v["executed"] for k, v in step.get("overlapped", {}).items()}
         coll = ", ".join(
-            f"{k} {v['executed']} ({v['bytes'] / GIB:,.2f} GiB"
+            f"{k} {v['executed']} ({v['bytes'] / GIB:,.2f} GiB, {v['wire_bytes'] / GIB:,.2f} sent"
             + (f"; {hidden[k]} overlapped with compute)" if hidden.get(k) else ")")
             for k, v in step["collectives"].items()
             if v["ops"]

@@ -1,15 +1,25 @@
 """What a compiled program does, read from its optimized HLO text.
 
-Counts collectives by kind (with their result bytes), Mosaic kernels (``tpu_custom_call``) and
-host callbacks. Each is counted twice: ``ops`` as written in the program, and ``executed`` with
-every op multiplied by the trip counts of the while loops around it, which is what one step
-moves. A loop's trip count is XLA's ``known_trip_count`` when recorded, else read from its
-condition when that is ``counter < constant`` (the loops of ``lax.scan``: layers, ring hops);
-loops with data-dependent conditions (a tile loop that skips empty tiles) count once, and
-``unknown_trip_loops`` says how many such loops there were. Asynchronous collectives are counted
-once, at their ``-done`` half, whose result is the collective's output; ``overlapped`` counts
-those whose ``-start`` and ``-done`` bracket computation in the schedule (a dot or a fusion
-around one, a kernel call or a loop between them: the transfer hides behind compute).
+Counts collectives by kind (with their result bytes and the bytes each device sends), Mosaic
+kernels (``tpu_custom_call``) and host callbacks. Each is counted twice: ``ops`` as written in
+the program, and ``executed`` with every op multiplied by the trip counts of the while loops
+around it, which is what one step moves. A loop's trip count is XLA's ``known_trip_count`` when
+recorded, else read from its condition when that is ``counter < constant`` (the loops of
+``lax.scan``: layers, ring hops); loops with data-dependent conditions (a tile loop that skips
+empty tiles) count once, and ``unknown_trip_loops`` says how many such loops there were.
+Asynchronous collectives are counted once, at their ``-done`` half, whose result is the
+collective's output; ``overlapped`` counts those whose ``-start`` and ``-done`` bracket
+computation in the schedule (a dot or a fusion around one, a kernel call or a loop between
+them: the transfer hides behind compute).
+
+Result bytes overstate some collectives and understate others: a reduce-scatter's result is
+1/g of what it reduces, an all-reduce's is the whole buffer. ``wire_bytes`` is what each device
+sends under the bandwidth-optimal ring algorithms (Patarasuk & Yuan 2009, "Bandwidth optimal
+all-reduce algorithms for clusters of workstations"), from the op's group size g: all-gather
+and all-to-all (g-1)/g of the result, reduce-scatter (g-1) results, all-reduce 2(g-1)/g of the
+result (a reduce-scatter then an all-gather), collective-permute its result. It is the figure
+that compares strategies: XLA on TPU may compile a ``psum_scatter`` as an all-reduce and a
+dynamic-slice: its result is g times a reduce-scatter's, but it sends only twice as much.
 """
 
 from __future__ import annotations
@@ -37,6 +47,10 @@ _HOST = ("callback", "host_compute", "HostTransfer")
 _COMPUTE = ("dot", "convolution", "custom-call", "while", "conditional", "call")
 _HEAVY_FUSION = re.compile(r"\bkind=k(?:Output|Custom)\b")
 _DONE_OF = re.compile(r"-done\(%?([\w.\-]+)")
+_GROUPS_LISTED = re.compile(r"\breplica_groups=\{\{([\d,]*)\}")  # {{0,1,2,3},{4,5,6,7}}
+_GROUPS_IOTA = re.compile(r"\breplica_groups=\[\d+,(\d+)\]<=")  # [2,4]<=[8], [2,4]<=[4,2]T(1,0)
+_GROUPS_ALL = re.compile(r"\breplica_groups=\{\}")  # every device
+_PARTITIONS = re.compile(r"\bnum_partitions=(\d+)")
 
 
 def shape_bytes(shape: str) -> int:
@@ -50,16 +64,40 @@ def shape_bytes(shape: str) -> int:
     return total
 
 
+def group_size(line: str, devices: int) -> int:
+    """Devices in each replica group of collective ``line`` (``devices`` when it names none)."""
+    for pattern in (_GROUPS_IOTA, _GROUPS_LISTED):
+        found = pattern.search(line)
+        if found:
+            return int(found.group(1)) if pattern is _GROUPS_IOTA else found.group(1).count(",") + 1
+    if "replica_groups=" in line and not _GROUPS_ALL.search(line):
+        raise ValueError(f"unrecognised replica_groups in: {line.strip()[:200]}")
+    return devices
+
+
+def wire_bytes(kind: str, result_bytes: int, group: int) -> int:
+    """Bytes each device sends for one ``kind`` collective over ``group`` devices (module doc)."""
+    if kind == "collective-permute":
+        return result_bytes
+    share = {"all-gather": (group - 1) / group, "all-to-all": (group - 1) / group,
+             "reduce-scatter": group - 1, "all-reduce": 2 * (group - 1) / group}  # fmt: skip
+    if kind not in share:
+        raise ValueError(f"kind must be one of {COLLECTIVES}, got {kind!r}")
+    return round(result_bytes * share[kind])
+
+
 @dataclasses.dataclass
 class Count:
     ops: int = 0  # as written
     executed: int = 0  # times trip counts
     bytes: int = 0  # executed result bytes
+    wire_bytes: int = 0  # executed bytes each device sends (``wire_bytes``)
 
-    def add(self, times: int, nbytes: int) -> None:
+    def add(self, times: int, nbytes: int, wire: int = 0) -> None:
         self.ops += 1
         self.executed += times
         self.bytes += times * nbytes
+        self.wire_bytes += times * wire
 
 
 @dataclasses.dataclass
@@ -135,10 +173,13 @@ def summarize(text: str) -> Summary:
                     visit(callee, inner)  # a loop's body runs trip-count times
 
     visit(entry, 1)
+    partitions = _PARTITIONS.search(text.split("\n", 1)[0])
+    devices = int(partitions.group(1)) if partitions else 1
     summary = Summary({k: Count() for k in COLLECTIVES}, Count(), Count(), len(unknown),
                       {k: Count() for k in COLLECTIVES})  # fmt: skip
     for name, n in times.items():
         computed_since: dict[str, bool] = {}  # open async starts: compute seen since?
+        start_groups: dict[str, int] = {}  # async starts: their group size (the done has none)
         for line in comps[name]:
             match = _INSTR.match(line)
             if not match:
@@ -148,14 +189,21 @@ def summarize(text: str) -> Summary:
             if opcode in _COMPUTE or (opcode == "fusion" and _HEAVY_FUSION.search(line)):
                 computed_since = dict.fromkeys(computed_since, True)
             if opcode.endswith("-start"):
-                computed_since[line.split("=", 1)[0].strip().removeprefix("ROOT ").lstrip("%")] = (
-                    False
-                )
+                started = line.split("=", 1)[0].strip().removeprefix("ROOT ").lstrip("%")
+                computed_since[started] = False
+                start_groups[started] = group_size(line, devices)
             if base in COLLECTIVES and not opcode.endswith("-start"):
-                summary.collectives[base].add(n, shape_bytes(shape))
                 start = _DONE_OF.search(line)
+                group = (
+                    start_groups.get(start.group(1), devices)
+                    if start
+                    else group_size(line, devices)
+                )
+                nbytes = shape_bytes(shape)
+                wire = wire_bytes(base, nbytes, group)
+                summary.collectives[base].add(n, nbytes, wire)
                 if start and computed_since.pop(start.group(1), False):
-                    summary.overlapped[base].add(n, shape_bytes(shape))
+                    summary.overlapped[base].add(n, nbytes, wire)
             elif opcode == "custom-call":
                 if 'custom_call_target="tpu_custom_call"' in line:
                     summary.mosaic.add(n, 0)
