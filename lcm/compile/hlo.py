@@ -50,6 +50,11 @@ _DONE_OF = re.compile(r"-done\(%?([\w.\-]+)")
 _GROUPS_LISTED = re.compile(r"\breplica_groups=\{\{([\d,]*)\}")  # {{0,1,2,3},{4,5,6,7}}
 _GROUPS_IOTA = re.compile(r"\breplica_groups=\[\d+,(\d+)\]<=")  # [2,4]<=[8], [2,4]<=[4,2]T(1,0)
 _GROUPS_ALL = re.compile(r"\breplica_groups=\{\}")  # every device
+# mesh['axis_0'=4,'axis_1'=16] {'axis_1'}: the groups span the braced axes (a sub-axis
+# 'axis_1':(2)4 spans 4 of them)
+_GROUPS_MESH = re.compile(r"\breplica_groups=mesh\[([^\]]*)\] \{([^}]*)\}")
+_MESH_AXIS = re.compile(r"'([^']+)'=(\d+)")
+_GROUP_AXIS = re.compile(r"'([^']+)'(?::\((\d+)\)(\d+))?")
 _PARTITIONS = re.compile(r"\bnum_partitions=(\d+)")
 
 
@@ -70,6 +75,13 @@ def group_size(line: str, devices: int) -> int:
         found = pattern.search(line)
         if found:
             return int(found.group(1)) if pattern is _GROUPS_IOTA else found.group(1).count(",") + 1
+    mesh = _GROUPS_MESH.search(line)
+    if mesh:
+        sizes = {name: int(n) for name, n in _MESH_AXIS.findall(mesh.group(1))}
+        group = 1
+        for name, _, sub in _GROUP_AXIS.findall(mesh.group(2)):
+            group *= int(sub) if sub else sizes[name]
+        return group
     if "replica_groups=" in line and not _GROUPS_ALL.search(line):
         raise ValueError(f"unrecognised replica_groups in: {line.strip()[:200]}")
     return devices

@@ -100,6 +100,10 @@ def test_no_entry_is_an_error():
         ("all-to-all(%x), replica_groups=[4,16]<=[64], dimensions={0}", 16),
         ("all-reduce(%x), replica_groups=[8,8]<=[4,2,8]T(1,0,2), to_apply=%add", 8),
         ("all-reduce(%x), replica_groups={}, to_apply=%add", 64),
+        ("all-reduce(%x), replica_groups=mesh['axis_0'=1,'axis_1'=64] {'axis_1'}, x=1", 64),
+        ("all-gather(%x), replica_groups=mesh['a'=4,'b'=4,'c'=4] {'a','c'}, dims={0}", 16),
+        ("all-to-all(%x), replica_groups=mesh['a'=4,'b'=16] {'b':(2)4}, dims={0}", 4),
+        ("all-reduce(%x), replica_groups=mesh['axis_0'=256] {}, to_apply=%add", 1),
         ("collective-permute(%x), source_target_pairs={{0,1},{1,0}}", 64),
     ],
 )
@@ -109,7 +113,7 @@ def test_group_size(line, expected):
 
 def test_unreadable_groups_are_an_error_not_a_guess():
     with pytest.raises(ValueError, match="unrecognised replica_groups"):
-        hlo.group_size("all-reduce(%x), replica_groups=mesh[a=4]", devices=8)
+        hlo.group_size("all-reduce(%x), replica_groups=<4 x 2>", devices=8)
 
 
 @pytest.mark.parametrize(
