@@ -51,8 +51,8 @@ _GROUPS_LISTED = re.compile(r"\breplica_groups=\{\{([\d,]*)\}")  # {{0,1,2,3},{4
 _GROUPS_IOTA = re.compile(r"\breplica_groups=\[\d+,(\d+)\]<=")  # [2,4]<=[8], [2,4]<=[4,2]T(1,0)
 _GROUPS_ALL = re.compile(r"\breplica_groups=\{\}")  # every device
 # mesh['axis_0'=4,'axis_1'=16] {'axis_1'}: the groups span the braced axes (a sub-axis
-# 'axis_1':(2)4 spans 4 of them)
-_GROUPS_MESH = re.compile(r"\breplica_groups=mesh\[([^\]]*)\] \{([^}]*)\}")
+# 'axis_1':(2)4 spans 4 of them; device_ids=(...) reorders devices, not group sizes)
+_GROUPS_MESH = re.compile(r"\breplica_groups=mesh\[([^\]]*)\](?:, device_ids=\S*)? \{([^}]*)\}")
 _MESH_AXIS = re.compile(r"'([^']+)'=(\d+)")
 _GROUP_AXIS = re.compile(r"'([^']+)'(?::\((\d+)\)(\d+))?")
 _PARTITIONS = re.compile(r"\bnum_partitions=(\d+)")
@@ -83,7 +83,8 @@ def group_size(line: str, devices: int) -> int:
             group *= int(sub) if sub else sizes[name]
         return group
     if "replica_groups=" in line and not _GROUPS_ALL.search(line):
-        raise ValueError(f"unrecognised replica_groups in: {line.strip()[:200]}")
+        groups = line[line.index("replica_groups=") :][:120]
+        raise ValueError(f"unrecognised {groups!r} in: {line.strip()[:120]}")
     return devices
 
 

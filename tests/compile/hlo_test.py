@@ -104,6 +104,11 @@ def test_no_entry_is_an_error():
         ("all-gather(%x), replica_groups=mesh['a'=4,'b'=4,'c'=4] {'a','c'}, dims={0}", 16),
         ("all-to-all(%x), replica_groups=mesh['a'=4,'b'=16] {'b':(2)4}, dims={0}", 4),
         ("all-reduce(%x), replica_groups=mesh['axis_0'=256] {}, to_apply=%add", 1),
+        (
+            "all-reduce(%x), replica_groups=mesh['a'=2,'b'=1,'c'=2], device_ids="
+            "([2,2]T(1,0)) {'a'}",
+            2,
+        ),
         ("collective-permute(%x), source_target_pairs={{0,1},{1,0}}", 64),
     ],
 )
@@ -112,7 +117,7 @@ def test_group_size(line, expected):
 
 
 def test_unreadable_groups_are_an_error_not_a_guess():
-    with pytest.raises(ValueError, match="unrecognised replica_groups"):
+    with pytest.raises(ValueError, match=r"unrecognised .replica_groups="):
         hlo.group_size("all-reduce(%x), replica_groups=<4 x 2>", devices=8)
 
 
