@@ -71,10 +71,10 @@ def shape_bytes(shape: str) -> int:
 
 def group_size(line: str, devices: int) -> int:
     """Devices in each replica group of collective ``line`` (``devices`` when it names none)."""
-    for pattern in (_GROUPS_IOTA, _GROUPS_LISTED):
-        found = pattern.search(line)
-        if found:
-            return int(found.group(1)) if pattern is _GROUPS_IOTA else found.group(1).count(",") + 1
+    if iota := _GROUPS_IOTA.search(line):
+        return int(iota.group(1))
+    if listed := _GROUPS_LISTED.search(line):
+        return listed.group(1).count(",") + 1
     mesh = _GROUPS_MESH.search(line)
     if mesh:
         sizes = {name: int(n) for name, n in _MESH_AXIS.findall(mesh.group(1))}

@@ -97,7 +97,7 @@ def _one_step(config, devices):
 @pytest.mark.multidevice
 @pytest.mark.parametrize(
     "shape, impl",
-    [  # data8 is slow: the other two shard the batch over data and fsdp as well
+    [  # data8 is slow: data2fsdp2tensor2 shards the batch over data and fsdp as well
         pytest.param((8, 1, 1, 1), "blockwise", marks=pytest.mark.slow),
         ((2, 2, 1, 2), "blockwise"),
         # @slow: XLA:CPU deadlocks in this step about 1 run in 12 on 2 loaded cores (devices
